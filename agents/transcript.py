@@ -51,7 +51,7 @@ _EXCERPT = 40
 Message = dict[str, Any]
 
 
-class ObservationStyle(str, enum.Enum):
+class ObservationStyle(enum.StrEnum):
     """How an observation enters the conversation."""
 
     INLINE = "inline"
@@ -60,7 +60,7 @@ class ObservationStyle(str, enum.Enum):
     """New chat message(s) after the assistant's turn (hermes ``tool`` role, or ``user``)."""
 
 
-class DriftCause(str, enum.Enum):
+class DriftCause(enum.StrEnum):
     """Why the template's rendering of the conversation differs from the token context."""
 
     RETOKENIZATION = "retokenization"

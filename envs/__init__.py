@@ -11,7 +11,16 @@ Public API::
 See :mod:`envs.core` for the contract and how to write a new tool env.
 """
 
-from envs.core import Episode, Score, StepResult, TaskSource, ToolEnv, default_pool
+from envs.core import (
+    Episode,
+    Score,
+    ScoreStatus,
+    ScoreUnavailable,
+    StepResult,
+    TaskSource,
+    ToolEnv,
+    default_pool,
+)
 from envs.formats import (
     CODE_INTERPRETER,
     MalformedCall,
@@ -60,6 +69,8 @@ __all__ = [
     "MalformedCall",
     "ReToolEnv",
     "Score",
+    "ScoreStatus",
+    "ScoreUnavailable",
     "StepResult",
     "Task",
     "TaskDataError",

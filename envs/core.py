@@ -41,7 +41,7 @@ container or its supervisor dying — is the model's doing: the model reads it a
 observation (a ``sandbox_error`` result) and the episode is scored normally, because code may
 kill its own sandbox on purpose and masking that would reward it. Only a failure to *obtain* a
 sandbox (:class:`sandbox.SandboxUnavailable`: no container in time, daemon down, pool closed)
-masks the episode.
+and a score that cannot be computed (:class:`ScoreUnavailable`) mask the episode.
 
 **info** (a fresh dict on every call):
 
@@ -92,7 +92,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -110,7 +110,16 @@ from envs.spec import AnyText, GenerationSpec
 from envs.tasks import Task
 from sandbox import RunResult, SandboxPool, SandboxSession, SandboxUnavailable
 
-__all__ = ["Episode", "Score", "StepResult", "TaskSource", "ToolEnv", "default_pool"]
+__all__ = [
+    "Episode",
+    "Score",
+    "ScoreStatus",
+    "ScoreUnavailable",
+    "StepResult",
+    "TaskSource",
+    "ToolEnv",
+    "default_pool",
+]
 
 T = TypeVar("T")
 StepResult = tuple[str, float, bool, bool, dict[str, Any]]
@@ -119,20 +128,34 @@ TaskSource = Sequence[Task] | Callable[[np.random.Generator], Task]
 """Tasks an env draws from on reset: a sequence (sampled uniformly) or a generator function."""
 
 
+ScoreStatus = Literal["ok", "no_answer", "timeout", "error", "format"]
+"""How a verdict was reached: "ok" (graded), "no_answer" (nothing to grade), "timeout" (the
+answer exhausted the grader's CPU budget), "error" (the answer could not be read), "format"
+(the output broke the env's format rule). Each is the model's doing and scores normally."""
+
+
+class ScoreUnavailable(Exception):
+    """Raised by :meth:`ToolEnv.score` when no verdict can be computed for reasons outside the
+    model's output (a grader worker that will not start or keeps dying, after retries).
+
+    The env masks the episode with this message as ``info["detail"]``: training on a 0 that
+    the model did not earn would corrupt the reward.
+    """
+
+
 @dataclass(frozen=True)
 class Score:
     """The verdict on a finished episode.
 
     Attributes:
         reward: the episode's reward.
-        status: "ok" when a verdict was reached; otherwise why not (e.g. the grader's
-            "no_answer", "timeout", "error", or "format" for a broken output format). A
-            failed grader is a status here, never a silent 0.
+        status: see :data:`ScoreStatus`. An infrastructure failure is not a status: the
+            scorer raises :class:`ScoreUnavailable` and the episode is masked.
         detail: a human-readable explanation.
     """
 
     reward: float
-    status: str = "ok"
+    status: ScoreStatus = "ok"
     detail: str = ""
 
 
@@ -504,6 +527,11 @@ class ToolEnv(gym.Env[str, str]):
             t0 = time.monotonic()
             try:
                 score = await self.score(episode)
+            except ScoreUnavailable as exc:
+                episode.termination_reason = "masked"
+                episode.masked = masked = True
+                truncated = False
+                detail = f"score unavailable: {exc}"
             except BaseException:
                 episode.termination_reason = "error"
                 raise

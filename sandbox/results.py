@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     """How a cell ended."""
 
     OK = "ok"

@@ -11,7 +11,16 @@ from gymnasium.spaces import Text
 from gymnasium.utils.env_checker import check_env
 
 import envs
-from envs import AnyText, Episode, GenerationSpec, ReToolEnv, Score, Task, ToolEnv
+from envs import (
+    AnyText,
+    Episode,
+    GenerationSpec,
+    ReToolEnv,
+    Score,
+    ScoreUnavailable,
+    Task,
+    ToolEnv,
+)
 from envs.core import default_pool
 from sandbox import RunResult, RunStatus, SandboxPool
 
@@ -176,6 +185,19 @@ def test_exception_in_a_step_ends_the_episode(echo_env: type[ToolEnv], tasks: li
     with pytest.raises(ZeroDivisionError):
         env.step("right")
     assert env.episode is not None and env.episode.termination_reason == "error"
+
+
+def test_unavailable_score_masks_the_episode(echo_env: type[ToolEnv], tasks: list[Task]) -> None:
+    class GraderDown(echo_env):  # type: ignore[misc, valid-type]
+        async def score(self, episode: Episode) -> Score:
+            raise ScoreUnavailable("grader worker did not start (3 attempts)")
+
+    env = GraderDown(tasks=tasks)
+    env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step("right")
+    assert (obs, reward, terminated, truncated) == ("", 0.0, True, False)
+    assert info["masked"] and info["termination_reason"] == "masked"
+    assert info["score"] is None and "grader worker did not start" in info["detail"]
 
 
 def test_gymnasium_env_checker(tasks: list[Task]) -> None:
