@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,7 @@ async def _run(tasks: list[Any], **s: Any) -> None:
 
     from agents.engine import RolloutEngine, TaskCycle
     from agents.episode import run_episode
+    from agents.episode_request import EpisodeRequest
     from agents.hf_policy import HFPolicy
     from agents.models import ModelNotFoundError, resolve_model
     from agents.openai_policy import OpenAIPolicy
@@ -173,7 +175,9 @@ async def _run(tasks: list[Any], **s: Any) -> None:
     )
     generation = {"max_turns": s["max_turns"], "max_episode_tokens": s["max_episode_tokens"]}
 
-    async def episode(task: Any, version: int, deadline: float | None, group: str | None) -> Any:
+    async def episode(request: EpisodeRequest) -> Any:
+        task, version = request.task, request.policy_version
+        deadline = time.monotonic() + request.deadline.remaining() if request.deadline else None
         env = make(
             s["env_id"],
             pool=pool,
