@@ -84,21 +84,21 @@ async def run_checks(env_id: str, pool: Any) -> list[Check]:
         await _check_episode(env, actions, pool, check)
 
         await env.areset(seed=1)
-        _, reward, terminated, truncated, info = await env.atruncate("token_budget")
+        _, reward, terminated, truncated, final = await env.atruncate("token_budget")
         check(
             "truncate() ends the episode truncated, unscored",
-            truncated and not terminated and reward == 0.0 and info["score"] is None,
-            f"reason {info['termination_reason']}",
+            truncated and not terminated and reward == 0.0 and final["score"] is None,
+            f"reason {final['termination_reason']}",
         )
 
         short = envs.make(env_id, pool=pool, generation={"max_turns": 1})
         try:
             await short.areset(seed=0)
-            _, _, terminated, truncated, info = await short.astep(short.demo_actions()[0])
+            _, _, terminated, truncated, step = await short.astep(short.demo_actions()[0])
             check(
                 "max_turns truncates a turn that still calls a tool",
-                truncated and not terminated and info["termination_reason"] == "max_turns",
-                f"reason {info['termination_reason']}",
+                truncated and not terminated and step["termination_reason"] == "max_turns",
+                f"reason {step['termination_reason']}",
             )
         finally:
             await short.aclose()

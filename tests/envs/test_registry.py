@@ -169,3 +169,15 @@ async def test_validate_reports_failures(echo_env: type[ToolEnv]) -> None:
     await unused.close()
     assert [c.name for c in checks if not c.ok] == ["scripted episode"]
     assert "no demo episode" in checks[-1].detail
+
+
+def test_no_public_name_shadows_a_submodule() -> None:
+    # `envs.spec` (the registry function) once shadowed the module envs/spec.py, so
+    # `import envs.spec; envs.spec.GenerationSpec` failed.
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(envs.__path__):
+        module = importlib.import_module(f"envs.{info.name}")
+        bound = getattr(envs, info.name, module)
+        assert bound is module, f"envs.{info.name} is {bound!r}, not the module"
