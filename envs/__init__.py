@@ -52,6 +52,8 @@ from envs.grading import (
 from envs.pool_loop import default_pool
 from envs.registry import (
     ENTRY_POINT_GROUP,
+    EnvIdError,
+    EnvNotFoundError,
     env_source,
     list_envs,
     load_plugins,
@@ -68,6 +70,8 @@ __all__ = [
     "CODE_INTERPRETER",
     "ENTRY_POINT_GROUP",
     "AnyText",
+    "EnvIdError",
+    "EnvNotFoundError",
     "Episode",
     "GenerationSpec",
     "GradeResult",
