@@ -1,6 +1,6 @@
 """One episode: a policy drives a tool env turn by turn, the transcript keeps the tokens exact.
 
-The loop honours what the env declares in its :class:`~envs.spec.GenerationSpec`: stop
+The loop honours what the env declares in its :class:`~envs.generation.GenerationSpec`: stop
 sequences end a turn, tool output enters the token stream inline (ReTool) or as a ``tool``
 message (hermes), and the episode token budget — model *and* observation tokens — is enforced
 by the transcript, which hands an exhausted budget back to the env with ``truncate``.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,8 +17,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from agents.policy import Policy, SamplingParams
 from agents.trajectory import EpisodeTimings, Trajectory
 from agents.transcript import ObservationStyle, Transcript, TranscriptLimits
-from envs.core import ToolEnv
+from envs.core import StepInfo, StepResult, ToolEnv
 from envs.tasks import Task
+from sandbox import RunResult
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -83,26 +83,42 @@ async def run_episode(
     """
     t_start = time.monotonic()
     timings = EpisodeTimings()
-    _, info = await env.areset(options={"task": task})
-    gen = env.generation
+    _, opening = await env.areset(options={"task": task})
+    gen = opening["generation"]
     transcript = Transcript(
         tokenizer,
-        info["messages"],
+        opening["messages"],
         limits=TranscriptLimits(max_response_tokens=gen.max_episode_tokens),
-        chat_template_kwargs={"tools": info["tools"], **(chat_template_kwargs or {})}
+        chat_template_kwargs={"tools": opening["tools"], **(chat_template_kwargs or {})}
         if gen.tool_format == "hermes"
         else chat_template_kwargs,
     )
     params = replace(sampling, stop=tuple(gen.stop), include_stop_str=gen.include_stop)
     if gen.max_turn_tokens is not None:
         params = replace(params, max_tokens=min(params.max_tokens, gen.max_turn_tokens))
-    final: dict[str, Any] = {}
+    final: StepInfo | None = None
+    results: list[RunResult] = []
     reward = 0.0
     mask_reason = ""
+    env_open = True  # the env's episode has not ended (no final step, no cancelled step)
+
+    async def env_step(work: Awaitable[StepResult]) -> StepResult:
+        nonlocal env_open, final
+        try:
+            obs, step_reward, terminated, truncated, info = await _until(deadline, work)
+        except BaseException:
+            env_open = False  # a step that raised or was cancelled ended the env's episode
+            raise
+        if info["tool_result"] is not None:
+            results.append(info["tool_result"])
+        if terminated or truncated:
+            env_open, final = False, info
+        return obs, step_reward, terminated, truncated, info
+
     try:
         while True:
             if transcript.exhausted:
-                _, reward, _, _, final = await _until(deadline, env.atruncate("token_budget"))
+                _, reward, _, _, _ = await env_step(env.atruncate("token_budget"))
                 break
             request = transcript.sampling_for(params)
             t0 = time.monotonic()
@@ -113,6 +129,7 @@ async def run_episode(
             except Exception as exc:  # the backend failed: infrastructure, not the model
                 mask_reason = f"policy backend failed: {type(exc).__name__}: {exc}"
                 await env.aclose()
+                env_open = False
                 break
             finally:
                 timings.llm_s += time.monotonic() - t0
@@ -120,22 +137,19 @@ async def run_episode(
             if on_event is not None:
                 on_event("turn", {"action": turn.action})
             if out.stop_reason == "length" and transcript.exhausted:
-                _, reward, _, _, final = await _until(
-                    deadline, env.atruncate("token_budget", turn.action)
-                )
+                _, reward, _, _, _ = await env_step(env.atruncate("token_budget", turn.action))
                 break
-            obs, reward, terminated, truncated, final = await _until(
-                deadline, env.astep(turn.action)
-            )
-            step_timings = final.get("timings", {})
-            timings.sandbox_s += step_timings.get("tool_s", 0.0)
-            timings.grader_s += step_timings.get("score_s", 0.0)
+            obs, reward, terminated, truncated, info = await env_step(env.astep(turn.action))
+            timings.sandbox_s += info["timings"].get("tool_s", 0.0)
+            timings.grader_s += info["timings"].get("score_s", 0.0)
             if terminated or truncated:
                 break
             if on_event is not None:
-                on_event("observation", {"text": obs, "result": final.get("tool_result")})
-            if gen.observation_placement == "tool_message":
-                transcript.add_observation(obs, style=ObservationStyle.MESSAGE, role="tool")
+                on_event("observation", {"text": obs, "result": info["tool_result"]})
+            if gen.observation_placement == "message":
+                transcript.add_observation(
+                    obs, style=ObservationStyle.MESSAGE, role=gen.observation_role
+                )
             elif turn.closed:
                 # The model ended its message (e.g. a fenced block, no </code> stop): the tool
                 # output comes back as the next user turn.
@@ -148,20 +162,25 @@ async def run_episode(
                     obs = obs[len(overflow) :]
                 transcript.add_observation(obs, style=ObservationStyle.INLINE)
     except EpisodeDeadline:
-        episode = env.episode
-        if episode is not None and not episode.done:
-            _, reward, _, _, final = await env.atruncate("watchdog")
-        else:
-            final = {"termination_reason": "watchdog"}
-        final["termination_reason"] = "watchdog"
-        reward = 0.0
+        if env_open:
+            await env.atruncate("watchdog")
+        mask_reason = "the episode overran its deadline"
+    except BaseException:
+        if env_open:
+            await asyncio.shield(env.aclose())
+        raise
     timings.total_s = time.monotonic() - t_start
-    episode = env.episode
-    score = final.get("score")
-    masked = bool(mask_reason) or bool(final.get("masked"))
+    score = final["score"] if final is not None else None
+    masked = bool(mask_reason) or (final is not None and final["masked"])
+    if mask_reason == "the episode overran its deadline":
+        reason = "watchdog"
+    elif mask_reason:
+        reason = "masked"
+    else:
+        reason = str(final["termination_reason"]) if final is not None else "error"
     return Trajectory(
         prompt_key=task.key,
-        episode_id=episode.episode_id if episode is not None else uuid.uuid4().hex[:16],
+        episode_id=opening["episode_id"],
         prompt_ids=list(transcript.prompt_ids),
         response_ids=list(transcript.response_ids),
         response_mask=list(transcript.response_mask),
@@ -170,10 +189,12 @@ async def run_episode(
         score_status=score.status if score is not None else "unscored",
         grade_detail=score.detail if score is not None else "",
         turns=transcript.turns,
-        tool_results=list(episode.results) if episode is not None else [],
-        termination_reason="masked" if mask_reason else str(final.get("termination_reason")),
+        tool_results=results,
+        termination_reason=reason,
         masked=masked,
-        mask_reason=mask_reason or str(final.get("detail", "")) if masked else "",
+        mask_reason=(mask_reason or (final["detail"] if final is not None else ""))
+        if masked
+        else "",
         policy_version=policy_version,
         timings=timings,
         drift=list(transcript.drift),

@@ -13,13 +13,17 @@ See :mod:`envs.core` for the contract and how to write a new tool env.
 
 from envs.core import (
     Episode,
+    ResetInfo,
     Score,
     ScoreStatus,
     ScoreUnavailable,
+    StepInfo,
     StepResult,
+    StepTimings,
     TaskSource,
+    TerminationReason,
     ToolEnv,
-    default_pool,
+    TruncationReason,
 )
 from envs.formats import (
     CODE_INTERPRETER,
@@ -33,6 +37,7 @@ from envs.formats import (
     render_observation,
     truncate_text,
 )
+from envs.generation import GenerationSpec, ObservationPlacement, ObservationRole, TurnCut
 from envs.grading import (
     Grader,
     GradeResult,
@@ -44,8 +49,11 @@ from envs.grading import (
     majority_vote,
     pass_at_k,
 )
+from envs.pool_loop import default_pool
 from envs.registry import (
     ENTRY_POINT_GROUP,
+    EnvIdError,
+    EnvNotFoundError,
     env_source,
     list_envs,
     load_plugins,
@@ -55,29 +63,39 @@ from envs.registry import (
     spec,
 )
 from envs.retool import ReToolEnv
-from envs.spec import AnyText, GenerationSpec
+from envs.spaces import AnyText
 from envs.tasks import Task, TaskDataError, arithmetic_tasks, load_tasks, prompt_key
 
 __all__ = [
     "CODE_INTERPRETER",
     "ENTRY_POINT_GROUP",
     "AnyText",
+    "EnvIdError",
+    "EnvNotFoundError",
     "Episode",
     "GenerationSpec",
     "GradeResult",
     "Grader",
     "MalformedCall",
+    "ObservationPlacement",
+    "ObservationRole",
     "ReToolEnv",
+    "ResetInfo",
     "Score",
     "ScoreStatus",
     "ScoreUnavailable",
+    "StepInfo",
     "StepResult",
+    "StepTimings",
     "Task",
     "TaskDataError",
     "TaskSource",
+    "TerminationReason",
     "Tool",
     "ToolCall",
     "ToolEnv",
+    "TruncationReason",
+    "TurnCut",
     "agrade",
     "arithmetic_tasks",
     "default_pool",

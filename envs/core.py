@@ -3,34 +3,52 @@ r"""The tool-environment contract: an assistant turn in, what the model reads ne
 A :class:`ToolEnv` is a :class:`gymnasium.Env` whose actions and observations are text, so any
 agent — a local model, an inference server, a script — can drive it:
 
-- ``reset(seed, options) -> (observation, info)`` starts an episode on a task. The observation
-  is the opening user message; ``info["messages"]`` holds the whole opening conversation
-  (system prompt included) for the agent's chat template.
-- ``step(action) -> (observation, reward, terminated, truncated, info)`` takes one assistant
-  turn. If the turn calls a tool, the env runs it and the observation is its output, already
-  wrapped for the conversation as :attr:`ToolEnv.generation` says (``<interpreter>`` block or
-  ``tool`` message content). A turn without a tool call ends the episode
+- ``reset(seed, options) -> (observation, ResetInfo)`` starts an episode on a task. The
+  observation is the opening user message; ``info["messages"]`` holds the whole opening
+  conversation (system prompt included) for the agent's chat template, and
+  ``info["generation"]`` the :class:`~envs.generation.GenerationSpec` the agent must honour.
+- ``step(action) -> (observation, reward, terminated, truncated, StepInfo)`` takes one complete
+  assistant turn. If the turn calls a tool, the env runs it and the observation is its output,
+  already wrapped for the conversation as the generation spec says (``<interpreter>`` block
+  or ``tool`` message content). A turn without a tool call ends the episode
   (``terminated=True``) and is scored.
-- ``truncate(reason) -> (observation, reward, terminated, truncated, info)`` ends the episode
-  from outside: the agent, which holds the tokenizer, calls it when the token budget runs out
-  (``reason="token_budget"``), a watchdog when an episode is stuck.
+- ``truncate(reason, action) -> (observation, reward, terminated, truncated, StepInfo)`` ends
+  the episode from outside: the agent, which holds the tokenizer, calls it when a token limit
+  ends the episode, a watchdog when an episode is stalled. ``action`` is a turn that was not
+  run — cut by a token limit, or complete but with no budget left for its observation. It is
+  recorded as :attr:`Episode.unfinished`, never run and never graded: a ``\boxed{}`` written
+  mid-reasoning is not a final answer.
 
 Each has an async twin (``areset``, ``astep``, ``atruncate``, ``aclose``); tool calls are I/O,
 and a rollout engine runs many envs concurrently on one event loop. The sync methods run the
-async ones on the event loop that owns the sandbox pool (a background thread for the default
-pool), so they must not be called from inside that loop.
+async ones on the event loop that owns the sandbox pool (:mod:`envs.pool_loop`), so they
+must not be called from inside that loop.
 
-How an episode ended is ``info["termination_reason"]`` on its final step:
+How an episode ended is ``info["termination_reason"]`` (a :data:`TerminationReason`) on its
+final step:
 
-======================  ==========  =========  ===============================================
-reason                  terminated  truncated  reward
-======================  ==========  =========  ===============================================
-"answered"              True        False      :meth:`ToolEnv.score` (the turn had an answer)
-"no_tool_call"          True        False      :meth:`ToolEnv.score` (the turn had neither)
-"max_turns"             False       True       0, or scored if ``score_truncated``
-``truncate(reason)``    False       True       0, or scored if ``score_truncated``
-"masked"                True        False      0 and ``info["masked"] = True``: never train on it
-======================  ==========  =========  ===============================================
+=====================  ==========  =========  ======  ==========================================
+reason                 terminated  truncated  masked  reward
+=====================  ==========  =========  ======  ==========================================
+"answered"             True        False      no      :meth:`ToolEnv.score` (an answer was given)
+"no_tool_call"         True        False      no      :meth:`ToolEnv.score` (neither call nor answer)
+"max_turns"            False       True       no      0, or scored if ``score_truncated``
+"token_budget"         False       True       no      0, or scored if ``score_truncated``
+"turn_tokens"          False       True       no      0, or scored if ``score_truncated``
+"context_limit"        False       True       no      0, or scored if ``score_truncated``
+"watchdog"             False       True       yes     0: never train on it
+"masked"               True        False      yes     0: never train on it
+=====================  ==========  =========  ======  ==========================================
+
+The first six are the model's doing and train normally; "token_budget", "turn_tokens" and
+"context_limit" come from ``truncate`` (the episode budget, the per-turn limit, the model's
+context), and scoring a truncated episode reads only its completed turns. The last two mask:
+"masked" when no sandbox could be obtained (:class:`sandbox.SandboxUnavailable`) or no score
+could be computed (:class:`ScoreUnavailable`); "watchdog" when an episode overran its
+wall-clock deadline. The deadline is a backstop against stalls: the token budgets, the turn
+limit and each cell's timeout already bound everything the model can cause, so an episode
+that still overruns it was stalled by infrastructure, and a 0 would punish the model for it.
+An agent measures the deadline on the episode's own work (see :mod:`agents.engine`).
 
 An exception raised in a step (a tool bug, a grader bug) ends the episode with reason "error"
 and propagates; cancelling ``astep`` ends it with "cancelled", :meth:`ToolEnv.close` with
@@ -39,34 +57,25 @@ and propagates; cancelling ``astep`` ends it with "cancelled", :meth:`ToolEnv.cl
 **The masking rule.** Whatever happens while a cell runs — an exception, a timeout, the
 container or its supervisor dying — is the model's doing: the model reads it as the
 observation (a ``sandbox_error`` result) and the episode is scored normally, because code may
-kill its own sandbox on purpose and masking that would reward it. Only a failure to *obtain* a
-sandbox (:class:`sandbox.SandboxUnavailable`: no container in time, daemon down, pool closed)
-and a score that cannot be computed (:class:`ScoreUnavailable`) mask the episode.
+kill its own sandbox on purpose and masking that would reward it. Only failures outside the
+model's control mask the episode (the three above).
 
-**info** (a fresh dict on every call):
-
-- ``prompt_key``: the task's canonical key (:func:`envs.tasks.prompt_key`); ``episode_id``.
-- ``turn``: assistant turns taken; ``tool_calls``: well-formed tool calls run so far.
-- ``call``: this turn's :class:`~envs.formats.ToolCall`, :class:`~envs.formats.MalformedCall`
-  or ``None``; ``tool_result``: the sandbox's typed :class:`sandbox.RunResult`, if any.
-- ``timings``: seconds spent in this call: ``step_s``, and ``tool_s``, ``acquire_s``,
-  ``score_s`` where they happened.
-- ``termination_reason``: ``None`` while the episode runs; ``masked``: see above (with
-  ``detail`` saying why).
-- ``score``: the :class:`Score` on the final step, ``None`` if the episode was not scored.
-- at reset only: ``messages``, ``tools`` (OpenAI tool schemas for hermes chat templates),
-  ``generation`` (the :class:`~envs.spec.GenerationSpec`), ``data_source``.
+**info** (a fresh :class:`StepInfo` on every call; :class:`ResetInfo` from ``reset``): the
+keys and their meaning are documented on the two TypedDicts.
 
 **The sandbox.** An env acquires a container from its :class:`sandbox.SandboxPool` the first
 time a tool needs one (:meth:`ToolEnv.sandbox`), holds it for the rest of the episode, and
 releases it when the episode ends, on the next reset, on :meth:`ToolEnv.close` and when a
-step raises. Without a ``pool`` argument envs share :func:`default_pool`.
+step raises. Without a ``pool`` argument envs share :func:`envs.pool_loop.default_pool`.
 
 **Writing a new tool env**::
 
     class CalculatorEnv(ToolEnv):
         tools = (Tool("calculator", "Evaluates arithmetic.", {...}),)
         default_generation = GenerationSpec.for_format("hermes")
+
+        def default_task_source(self):               # what reset() draws from by default
+            return calculator_tasks()
 
         async def call_tool(self, call):            # run one well-formed call
             return str(evaluate(call.arguments["expression"]))
@@ -77,22 +86,21 @@ step raises. Without a ``pool`` argument envs share :func:`default_pool`.
 The base class parses turns, counts turns, truncates observations, holds and releases the
 sandbox, masks, times and fills ``info``. The default :meth:`ToolEnv.call_tool` runs the
 ``code_interpreter`` tool in the sandbox. Optional hooks: :meth:`ToolEnv.prompt` (the opening
-messages), :meth:`ToolEnv.answered` (which reason ends the episode), :meth:`ToolEnv.demo_actions`
+messages), :meth:`ToolEnv.answered` (which reason ends the episode),
+:meth:`ToolEnv.default_task_source` (tasks when none are given), :meth:`ToolEnv.demo_actions`
 (a scripted episode for ``spo-gym envs validate``). Register it with :func:`envs.register`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import concurrent.futures
 import contextlib
-import threading
 import time
+import typing
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypedDict
 
 import gymnasium as gym
 import numpy as np
@@ -106,27 +114,54 @@ from envs.formats import (
     render_observation,
     truncate_text,
 )
-from envs.spec import AnyText, GenerationSpec
+from envs.generation import GenerationSpec
+from envs.pool_loop import default_pool, on_pool_loop, pool_loop, run_sync, spawn
+from envs.spaces import AnyText
 from envs.tasks import Task
 from sandbox import RunResult, SandboxPool, SandboxSession, SandboxUnavailable
+from sandbox.loop_thread import running_loop
 
 __all__ = [
     "Episode",
+    "ResetInfo",
     "Score",
     "ScoreStatus",
     "ScoreUnavailable",
+    "StepInfo",
     "StepResult",
+    "StepTimings",
     "TaskSource",
+    "TerminationReason",
     "ToolEnv",
-    "default_pool",
+    "TruncationReason",
 ]
 
-T = TypeVar("T")
-StepResult = tuple[str, float, bool, bool, dict[str, Any]]
-"""What ``step`` returns: observation, reward, terminated, truncated, info."""
 TaskSource = Sequence[Task] | Callable[[np.random.Generator], Task]
 """Tasks an env draws from on reset: a sequence (sampled uniformly) or a generator function."""
 
+
+TerminationReason = Literal[
+    "answered",
+    "no_tool_call",
+    "max_turns",
+    "token_budget",
+    "turn_tokens",
+    "context_limit",
+    "watchdog",
+    "masked",
+    "error",
+    "cancelled",
+    "closed",
+]
+"""How an episode ended; see the reason table in the module docstring. "error", "cancelled"
+and "closed" end an episode that never returned a final step (an exception, a cancelled
+``astep``, :meth:`ToolEnv.close`)."""
+
+TruncationReason = Literal["token_budget", "turn_tokens", "context_limit", "watchdog"]
+"""The reasons an agent may pass to :meth:`ToolEnv.truncate`."""
+
+TRUNCATION_REASONS: tuple[TruncationReason, ...] = typing.get_args(TruncationReason)
+_MASKING_TRUNCATIONS: frozenset[TruncationReason] = frozenset({"watchdog"})
 
 ScoreStatus = Literal["ok", "no_answer", "timeout", "error", "format"]
 """How a verdict was reached: "ok" (graded), "no_answer" (nothing to grade), "timeout" (the
@@ -159,6 +194,65 @@ class Score:
     detail: str = ""
 
 
+class StepTimings(TypedDict, total=False):
+    """Seconds spent in one ``reset``/``step``/``truncate`` call; keys appear where the work
+    happened."""
+
+    step_s: float
+    """The whole call."""
+    tool_s: float
+    """Running the tool call (sandbox acquisition included)."""
+    acquire_s: float
+    """Obtaining the episode's sandbox."""
+    score_s: float
+    """Scoring the finished episode."""
+
+
+class StepInfo(TypedDict):
+    """The ``info`` of ``step`` and ``truncate`` (and the base of :class:`ResetInfo`)."""
+
+    prompt_key: str
+    """The task's canonical key (:func:`envs.tasks.prompt_key`)."""
+    episode_id: str
+    """Unique id of the episode (also its sandbox session's id)."""
+    turn: int
+    """Assistant turns taken (an unfinished turn given to ``truncate`` not counted)."""
+    tool_calls: int
+    """Well-formed tool calls run so far."""
+    call: ToolCall | MalformedCall | None
+    """This turn's parsed call, if it had one."""
+    tool_result: RunResult | None
+    """The sandbox's typed result of this turn's code cell, if one ran."""
+    timings: StepTimings
+    """Where this call's time went."""
+    termination_reason: TerminationReason | None
+    """``None`` while the episode runs; how it ended on its final step."""
+    masked: bool
+    """The episode was lost to infrastructure: never train on it (``detail`` says why)."""
+    score: Score | None
+    """The verdict on the final step; ``None`` while running and for unscored endings."""
+    detail: str
+    """Why the episode was masked, else ""."""
+
+
+class ResetInfo(StepInfo):
+    """The ``info`` of ``reset``: :class:`StepInfo` plus what the agent needs to drive the
+    episode."""
+
+    messages: list[dict[str, str]]
+    """The whole opening conversation (system prompt, demonstrations, the problem)."""
+    tools: list[dict[str, Any]]
+    """OpenAI tool schemas of :attr:`ToolEnv.tools`, for hermes chat templates."""
+    generation: GenerationSpec
+    """How the agent must drive this env (stop strings, placement, token limits)."""
+    data_source: str
+    """The task's data source."""
+
+
+StepResult = tuple[str, float, bool, bool, StepInfo]
+"""What ``step`` and ``truncate`` return: observation, reward, terminated, truncated, info."""
+
+
 @dataclass
 class Episode:
     """The current episode as the env sees it; :meth:`ToolEnv.score` reads it.
@@ -167,9 +261,10 @@ class Episode:
         task: the task being solved.
         episode_id: a unique id (also the sandbox session's id).
         messages: the opening conversation.
-        actions: the assistant turns, as given to ``step`` (a partial turn given to
-            ``truncate`` included).
+        actions: the completed assistant turns, as given to ``step``.
         observations: for each action, the observation it got ("" if none).
+        unfinished: a turn given to ``truncate`` (cut by a token limit, or left without
+            budget for its observation): recorded, never run, never graded.
         results: the sandbox results of the tool calls, in order.
         tool_calls: well-formed tool calls run.
         termination_reason: ``None`` while the episode runs.
@@ -181,9 +276,10 @@ class Episode:
     messages: list[dict[str, str]]
     actions: list[str] = field(default_factory=list)
     observations: list[str] = field(default_factory=list)
+    unfinished: str | None = None
     results: list[RunResult] = field(default_factory=list)
     tool_calls: int = 0
-    termination_reason: str | None = None
+    termination_reason: TerminationReason | None = None
     masked: bool = False
 
     @property
@@ -198,9 +294,10 @@ class Episode:
 
     @property
     def response(self) -> str:
-        """The model's own text: its turns joined, observations left out.
+        """The model's own text: its completed turns joined, observations left out.
 
-        Graders read this, so output printed by code cannot plant an answer.
+        Graders read this, so output printed by code cannot plant an answer, and an
+        unfinished turn cannot pass for a final one.
         """
         return "".join(self.actions)
 
@@ -215,10 +312,10 @@ class ToolEnv(gym.Env[str, str]):
     Args:
         tasks: what :meth:`reset` draws from when ``options`` names no task: a sequence of
             :class:`~envs.tasks.Task` (sampled with the env's seeded RNG) or a function of
-            that RNG. Trainers that feed one task per episode (verl, SkyRL) leave it out and
-            pass ``reset(options={"task": task})``.
-        pool: the sandbox pool; default :func:`default_pool`.
-        generation: the :class:`~envs.spec.GenerationSpec`, or a mapping of overrides of
+            that RNG; default :meth:`default_task_source`. Trainers that feed one task per
+            episode (verl, SkyRL) pass ``reset(options={"task": task})``.
+        pool: the sandbox pool; default :func:`envs.pool_loop.default_pool`.
+        generation: the :class:`~envs.generation.GenerationSpec`, or a mapping of overrides of
             the class's :attr:`default_generation` (e.g. ``{"max_turns": 4}``).
         score_truncated: score truncated episodes on what they have instead of giving 0.
         tool_timeout_s: time limit of one code cell; default the pool's.
@@ -253,7 +350,7 @@ class ToolEnv(gym.Env[str, str]):
             raise ValueError("the retool format calls code_interpreter, which this env lacks")
         self.observation_space = AnyText()
         self.action_space = AnyText()
-        self.tasks = tasks
+        self.tasks = tasks if tasks is not None else self.default_task_source()
         self.score_truncated = score_truncated
         self.tool_timeout_s = tool_timeout_s
         self.acquire_timeout_s = acquire_timeout_s
@@ -263,7 +360,7 @@ class ToolEnv(gym.Env[str, str]):
         self._pool = pool
         self._session: SandboxSession | None = None
         self._held: contextlib.AsyncExitStack | None = None
-        self._timings: dict[str, float] = {}
+        self._timings: StepTimings = {}
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -284,6 +381,11 @@ class ToolEnv(gym.Env[str, str]):
             )
         session = await self.sandbox()
         return await session.run(call.arguments["code"], timeout=self.tool_timeout_s)
+
+    def default_task_source(self) -> TaskSource | None:
+        """The tasks :meth:`reset` draws from when none were given at construction (``None``:
+        every reset must name its task). ``spo-gym run`` uses it unless ``--data`` is given."""
+        return None
 
     def answered(self, action: str) -> bool:
         """Whether a turn without a tool call gives an answer ("answered") or just stops
@@ -345,33 +447,35 @@ class ToolEnv(gym.Env[str, str]):
 
     async def areset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> tuple[str, ResetInfo]:
         """Async :meth:`reset`."""
         if self._held is not None:
-            await self._on_pool_loop(self._release)
+            await on_pool_loop(self.pool, self._release)
         return self._begin(seed, options)
 
     async def astep(self, action: str) -> StepResult:
         """Async :meth:`step`."""
-        return await self._on_pool_loop(lambda: self._guarded(self._step(action)))
+        return await on_pool_loop(self.pool, lambda: self._guarded(self._step(action)))
 
     async def atruncate(
-        self, reason: str = "token_budget", action: str | None = None
+        self, reason: TruncationReason = "token_budget", action: str | None = None
     ) -> StepResult:
         """Async :meth:`truncate`."""
-        return await self._on_pool_loop(lambda: self._guarded(self._truncate(reason, action)))
+        return await on_pool_loop(self.pool, lambda: self._guarded(self._truncate(reason, action)))
 
     async def aclose(self) -> None:
         """Async :meth:`close`."""
         self._end_episode("closed")
         if self._held is not None:
-            await self._on_pool_loop(self._release)
+            await on_pool_loop(self.pool, self._release)
 
     # -- the contract: sync -----------------------------------------------------------------
 
-    def reset(
+    # The infos are TypedDicts: plain dicts at run time, which gymnasium's dict[str, Any]
+    # annotation does not admit statically.
+    def reset(  # type: ignore[override]
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> tuple[str, ResetInfo]:
         """Starts an episode; releases the previous episode's sandbox.
 
         Args:
@@ -380,13 +484,13 @@ class ToolEnv(gym.Env[str, str]):
                 ``tasks``.
 
         Returns:
-            The opening user message and the info dict (see the module docstring).
+            The opening user message and the :class:`ResetInfo`.
         """
         if self._held is not None:
-            self._run_sync(self._release)
+            run_sync(self.pool, self._release)
         return self._begin(seed, options)
 
-    def step(self, action: str) -> StepResult:
+    def step(self, action: str) -> StepResult:  # type: ignore[override]
         """Takes one assistant turn (exactly the generated text, stop sequence included).
 
         Returns:
@@ -394,46 +498,46 @@ class ToolEnv(gym.Env[str, str]):
             reward: the episode's reward on the final step, 0.0 before.
             terminated: the episode ended by itself (answered, no tool call, masked).
             truncated: the episode was cut (max turns, or :meth:`truncate`).
-            info: see the module docstring.
+            info: the :class:`StepInfo`.
         """
-        return self._run_sync(lambda: self._guarded(self._step(action)))
+        return run_sync(self.pool, lambda: self._guarded(self._step(action)))
 
-    def truncate(self, reason: str = "token_budget", action: str | None = None) -> StepResult:
+    def truncate(
+        self, reason: TruncationReason = "token_budget", action: str | None = None
+    ) -> StepResult:
         """Ends the episode from outside, e.g. when the agent's token budget is exhausted.
 
         Args:
-            reason: recorded as ``info["termination_reason"]``.
-            action: a partial last turn that was cut short; recorded (and scored with
-                ``score_truncated``) but never run.
+            reason: recorded as ``info["termination_reason"]``; "watchdog" masks the episode.
+            action: a turn that was not run (cut short, or without budget for its
+                observation): kept as :attr:`Episode.unfinished`, never run, never graded.
 
         Returns:
-            The final step: ``("", reward, False, True, info)``.
+            The final step: ``("", reward, False, True, info)``; the reward is 0 unless
+            ``score_truncated`` scores the completed turns.
         """
-        return self._run_sync(lambda: self._guarded(self._truncate(reason, action)))
+        return run_sync(self.pool, lambda: self._guarded(self._truncate(reason, action)))
 
     def close(self) -> None:
         """Ends any running episode and releases its sandbox. Safe to call more than once."""
         self._end_episode("closed")
         if self._held is None:
             return
-        loop = self._pool_loop()
-        if loop is _running_loop():
+        if pool_loop(self.pool) is running_loop():
             # Called synchronously from inside the pool's loop: release without blocking it.
-            _spawn(loop, self._release())
+            spawn(self.pool, self._release())
         else:
-            self._run_sync(self._release)
+            run_sync(self.pool, self._release)
 
     # -- the episode -------------------------------------------------------------------------
 
-    def _begin(
-        self, seed: int | None, options: dict[str, Any] | None
-    ) -> tuple[str, dict[str, Any]]:
+    def _begin(self, seed: int | None, options: dict[str, Any] | None) -> tuple[str, ResetInfo]:
         super().reset(seed=seed)
         task = self._pick_task(dict(options or {}))
         messages = self.prompt(task)
         self.episode = Episode(task=task, episode_id=uuid.uuid4().hex[:16], messages=messages)
-        info = self._info(self.episode, None, None, {})
-        info.update(
+        info = ResetInfo(
+            **self._info(self.episode, None, None, {}),
             messages=[dict(m) for m in messages],
             tools=[t.schema() for t in self.tools],
             generation=self.generation,
@@ -470,7 +574,7 @@ class ToolEnv(gym.Env[str, str]):
         episode.actions.append(action)
         call = parse_action(action, self.generation.tool_format, self._tools)
         if call is None:
-            reason = "answered" if self.answered(action) else "no_tool_call"
+            reason: TerminationReason = "answered" if self.answered(action) else "no_tool_call"
             return await self._finish(reason, call=None)
         if episode.turn >= self.generation.max_turns:
             return await self._finish("max_turns", call=call, truncated=True)
@@ -500,16 +604,19 @@ class ToolEnv(gym.Env[str, str]):
         episode.observations.append(observation)
         return observation, 0.0, False, False, self._info(episode, call, result, self._timings)
 
-    async def _truncate(self, reason: str, action: str | None) -> StepResult:
+    async def _truncate(self, reason: TruncationReason, action: str | None) -> StepResult:
+        if reason not in TRUNCATION_REASONS:
+            raise ValueError(f"unknown truncation reason {reason!r} (known: {TRUNCATION_REASONS})")
         episode = self._running()
         self._timings = {}
-        if action is not None:
-            episode.actions.append(action)
-        return await self._finish(reason, call=None, truncated=True)
+        episode.unfinished = action
+        masked = reason in _MASKING_TRUNCATIONS
+        detail = "the episode overran its deadline" if masked else ""
+        return await self._finish(reason, call=None, truncated=True, masked=masked, detail=detail)
 
     async def _finish(
         self,
-        reason: str,
+        reason: TerminationReason,
         *,
         call: ToolCall | MalformedCall | None,
         truncated: bool = False,
@@ -536,9 +643,7 @@ class ToolEnv(gym.Env[str, str]):
                 episode.termination_reason = "error"
                 raise
             self._timings["score_s"] = time.monotonic() - t0
-        info = self._info(episode, call, None, self._timings, score=score)
-        if detail:
-            info["detail"] = detail
+        info = self._info(episode, call, None, self._timings, score=score, detail=detail)
         return "", score.reward if score else 0.0, not truncated, truncated, info
 
     async def _guarded(self, step: Coroutine[Any, Any, StepResult]) -> StepResult:
@@ -562,7 +667,7 @@ class ToolEnv(gym.Env[str, str]):
             )
         return self.episode
 
-    def _end_episode(self, reason: str) -> None:
+    def _end_episode(self, reason: TerminationReason) -> None:
         if self.episode is not None and not self.episode.done:
             self.episode.termination_reason = reason
 
@@ -571,167 +676,21 @@ class ToolEnv(gym.Env[str, str]):
         episode: Episode,
         call: ToolCall | MalformedCall | None,
         result: RunResult | None,
-        timings: dict[str, float],
+        timings: StepTimings,
         *,
         score: Score | None = None,
-    ) -> dict[str, Any]:
-        return {
-            "prompt_key": episode.task.key,
-            "episode_id": episode.episode_id,
-            "turn": episode.turn,
-            "tool_calls": episode.tool_calls,
-            "call": call,
-            "tool_result": result,
-            "timings": dict(timings),
-            "termination_reason": episode.termination_reason,
-            "masked": episode.masked,
-            "score": score,
-        }
-
-    # -- event loops -------------------------------------------------------------------------
-
-    def _pool_loop(self) -> asyncio.AbstractEventLoop:
-        """The loop that owns the pool: its containers' streams are bound to it."""
-        pool = self.pool
-        if pool.loop is not None:
-            return pool.loop
-        if pool is _default.pool:
-            return _default.loop_thread()
-        # A pool not started yet starts on the caller's loop, or on ours for sync callers.
-        return _running_loop() or _default.loop_thread()
-
-    async def _on_pool_loop(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        loop = self._pool_loop()
-        if loop is asyncio.get_running_loop():
-            return await work()
-        return await _await_elsewhere(loop, work)
-
-    def _run_sync(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        loop = self._pool_loop()
-        if loop is _running_loop():
-            raise RuntimeError(
-                "a sync env method was called inside the event loop that owns the sandbox pool; "
-                "await the async twin instead (areset, astep, atruncate, aclose)"
-            )
-        return _submit(loop, work).result()
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-def _submit(
-    loop: asyncio.AbstractEventLoop, work: Callable[[], Coroutine[Any, Any, T]]
-) -> concurrent.futures.Future[T]:
-    if not loop.is_running():
-        raise RuntimeError("the event loop that owns the sandbox pool is not running")
-    return asyncio.run_coroutine_threadsafe(work(), loop)
-
-
-async def _await_elsewhere(
-    loop: asyncio.AbstractEventLoop, work: Callable[[], Coroutine[Any, Any, T]]
-) -> T:
-    """Runs ``work()`` on another thread's ``loop`` and awaits it here.
-
-    Cancelling the caller cancels the work there and waits until it has finished, so its
-    cleanup (the sandbox release) is done by the time the caller sees ``CancelledError``.
-    """
-    task: asyncio.Task[Any] | None = None
-    cancelled = False
-
-    async def run() -> T:
-        nonlocal task
-        task = asyncio.current_task()
-        if cancelled:  # cancelled before it started
-            raise asyncio.CancelledError
-        return await work()
-
-    def cancel() -> None:  # runs on ``loop``, so it cannot race with run()
-        nonlocal cancelled
-        cancelled = True
-        if task is not None:
-            task.cancel()
-
-    outcome = asyncio.wrap_future(_submit(loop, run))
-    try:
-        return await asyncio.shield(outcome)
-    except asyncio.CancelledError:
-        loop.call_soon_threadsafe(cancel)
-        await asyncio.wait({outcome})
-        raise
-
-
-_background_tasks: set[asyncio.Task[Any]] = set()
-
-
-def _spawn(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> None:
-    task = loop.create_task(coro)
-    _background_tasks.add(task)  # a strong reference until done: the loop keeps only weak ones
-    task.add_done_callback(_background_tasks.discard)
-
-
-# -- the process-wide default pool -----------------------------------------------------------
-
-
-class _DefaultPool:
-    """One pool for every env made without one, living on a background event-loop thread.
-
-    The thread lets sync callers (``env.step``) share the pool; async callers on another loop
-    reach it through :func:`asyncio.run_coroutine_threadsafe`. Created on first use, started
-    on first acquire, closed (containers removed) at interpreter exit.
-    """
-
-    def __init__(self) -> None:
-        self.pool: SandboxPool | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-
-    def loop_thread(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="spo-gym-envs", daemon=True).start()
-                self._loop = loop
-            return self._loop
-
-    def get(self) -> SandboxPool:
-        loop = self.loop_thread()
-        with self._lock:
-            if self.pool is None:
-                self.pool = SandboxPool()
-                atexit.register(self.close, loop)
-            return self.pool
-
-    def close(self, loop: asyncio.AbstractEventLoop) -> None:
-        # At exit the pool's thread pool is already shut down, so its async close() cannot
-        # run: stop the pool's background tasks and the loop, then remove the containers
-        # synchronously.
-        pool, self.pool = self.pool, None
-        if loop.is_running():
-            with contextlib.suppress(concurrent.futures.TimeoutError):
-                asyncio.run_coroutine_threadsafe(_cancel_all_tasks(), loop).result(5.0)
-            loop.call_soon_threadsafe(loop.stop)
-        if pool is not None:
-            pool.close_at_exit()
-
-
-async def _cancel_all_tasks() -> None:
-    tasks = asyncio.all_tasks() - {asyncio.current_task()}
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-_default = _DefaultPool()
-
-
-def default_pool() -> SandboxPool:
-    """The process-wide :class:`sandbox.SandboxPool` of envs made without a ``pool``.
-
-    Created with the default :class:`sandbox.SandboxConfig` on first use, started on the first
-    sandbox an env acquires, owned by a background event-loop thread, closed at exit.
-    """
-    return _default.get()
+        detail: str = "",
+    ) -> StepInfo:
+        return StepInfo(
+            prompt_key=episode.task.key,
+            episode_id=episode.episode_id,
+            turn=episode.turn,
+            tool_calls=episode.tool_calls,
+            call=call,
+            tool_result=result,
+            timings=StepTimings(**timings),
+            termination_reason=episode.termination_reason,
+            masked=episode.masked,
+            score=score,
+            detail=detail,
+        )

@@ -21,7 +21,8 @@ registered the first time :func:`make`, :func:`spec` or :func:`list_envs` runs (
       calculator = "calculator_env:register_envs"
 
 A plugin that fails to load is reported (a warning, and :func:`plugin_errors`) and skipped;
-it does not break the others.
+it does not break the others; asking for one of its ids raises :class:`EnvNotFoundError`
+naming the failed plugin.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from __future__ import annotations
 import contextvars
 import copy
 import dataclasses
+import difflib
+import re
 import threading
 import warnings
 from collections.abc import Callable, Mapping
@@ -43,6 +46,8 @@ from sandbox import SandboxPool
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "EnvIdError",
+    "EnvNotFoundError",
     "env_source",
     "list_envs",
     "load_plugins",
@@ -53,6 +58,17 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "spo_gym.envs"
+_ID = re.compile(r"(?P<namespace>[\w.-]+)/(?P<name>[\w.:-]+)-v(?P<version>\d+)")
+
+
+class EnvIdError(ValueError):
+    """An env id that is not of the form ``namespace/Name-vN``."""
+
+
+class EnvNotFoundError(LookupError):
+    """No env is registered under an id; the message names close matches and any plugin of
+    that namespace that failed to load."""
+
 
 _sources: dict[str, str] = {}  # env id -> who registered it ("spo-gym" or a distribution)
 _current_source = contextvars.ContextVar("spo_gym_env_source", default="spo-gym")
@@ -79,6 +95,7 @@ def register(
     Tool envs are registered ``nondeterministic``: the same seed and actions can give other
     timings, outputs or resource failures from the sandbox.
     """
+    _check_id(id)
     spec_fields.setdefault("nondeterministic", True)
     gym.register(id=id, entry_point=entry_point, kwargs=dict(kwargs or {}), **spec_fields)
     _sources[id] = _current_source.get()
@@ -92,7 +109,8 @@ def make(id: str, **kwargs: Any) -> ToolEnv:
     env on the default pool.
 
     Raises:
-        gymnasium.error.Error: the id is not registered (the message lists close matches).
+        EnvIdError: the id is not of the form ``namespace/Name-vN``.
+        EnvNotFoundError: the id is not registered.
         TypeError: the id does not make a :class:`~envs.core.ToolEnv`.
     """
     env_spec = spec(id)
@@ -112,8 +130,16 @@ def make(id: str, **kwargs: Any) -> ToolEnv:
 
 
 def spec(id: str) -> EnvSpec:
-    """The registration of ``id`` (gymnasium's :class:`EnvSpec`), plugins included."""
+    """The registration of ``id`` (gymnasium's :class:`EnvSpec`), plugins included.
+
+    Raises:
+        EnvIdError: the id is not of the form ``namespace/Name-vN``.
+        EnvNotFoundError: the id is not registered.
+    """
+    _check_id(id)
     load_plugins()
+    if id not in gym.registry:
+        raise EnvNotFoundError(_not_found(id))
     return gym.spec(id)
 
 
@@ -156,6 +182,26 @@ def load_plugins(*, reload: bool = False) -> None:
                 )
             finally:
                 _current_source.reset(token)
+
+
+def _check_id(id: str) -> None:
+    if not isinstance(id, str) or _ID.fullmatch(id) is None:
+        raise EnvIdError(f"env id {id!r} must look like namespace/Name-vN (e.g. spo_gym/ReTool-v0)")
+
+
+def _not_found(id: str) -> str:
+    namespace = id.partition("/")[0]
+    message = f"no env {id!r} is registered"
+    close = difflib.get_close_matches(id, list_envs(), n=3)
+    if close:
+        message += f"; did you mean {', '.join(close)}?"
+    elif not any(i.startswith(namespace + "/") for i in list_envs()):
+        message += f"; no env of namespace {namespace!r} is installed"
+    # A plugin registering by callable is named freely, so any failure may be the cause.
+    failed = [e for e in _plugin_errors if e.startswith(namespace)] or list(_plugin_errors)
+    if failed:
+        message += f" (plugin failed to load: {failed[0]})"
+    return message
 
 
 def _load_plugin(name: str, value: str, load: Callable[[], Any]) -> None:

@@ -47,8 +47,8 @@ from envs.formats import (
     render_call,
     render_observation,
 )
+from envs.generation import GenerationSpec
 from envs.grading import agrade, extract_boxed
-from envs.spec import GenerationSpec
 from envs.tasks import Task, arithmetic_tasks
 from sandbox import SandboxPool
 
@@ -73,7 +73,7 @@ class ReToolEnv(ToolEnv):
     Args:
         tasks: tasks to draw from on reset (see :class:`~envs.core.ToolEnv`); default
             :func:`default_tasks`, so the env runs out of the box.
-        pool: the sandbox pool; default :func:`envs.core.default_pool`.
+        pool: the sandbox pool; default :func:`envs.default_pool`.
         stateless: the SPO authors' stateless setup (prompt, fresh kernel per cell, trailing
             expression printed) instead of a persistent session.
         reward: "binary" or "paper" (the SPO authors' ``</think>`` format rule on top).
@@ -111,7 +111,7 @@ class ReToolEnv(ToolEnv):
         if reward not in ("binary", "paper"):
             raise ValueError(f"reward must be 'binary' or 'paper', got {reward!r}")
         super().__init__(
-            tasks=default_tasks() if tasks is None else tasks,
+            tasks=tasks,
             pool=pool,
             generation=generation,
             score_truncated=score_truncated,
@@ -178,10 +178,14 @@ class ReToolEnv(ToolEnv):
             else:
                 messages += [
                     {"role": "assistant", "content": demo["before"] + call},
-                    {"role": "tool", "content": demo["output"]},
+                    {"role": self.generation.observation_role, "content": demo["output"]},
                     {"role": "assistant", "content": demo["after"]},
                 ]
         return messages
+
+    def default_task_source(self) -> TaskSource:
+        """The built-in arithmetic-with-tool tasks (:func:`default_tasks`)."""
+        return default_tasks()
 
     def answered(self, action: str) -> bool:
         r"""A final turn "answers" when it has a ``\boxed{}``."""

@@ -6,18 +6,15 @@ and waited for, so sync callers never touch asyncio.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
-from collections.abc import Coroutine, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from sandbox.config import SandboxConfig
+from sandbox.loop_thread import LoopThread
 from sandbox.pool import PoolStats, SandboxPool
 from sandbox.results import RunResult
 from sandbox.session import SandboxSession
-
-T = TypeVar("T")
 
 
 class SyncSandboxPool:
@@ -29,15 +26,9 @@ class SyncSandboxPool:
     """
 
     def __init__(self, config: SandboxConfig | None = None, **overrides: Any) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="spo-sandbox-loop", daemon=True
-        )
-        self._thread.start()
+        self._loop = LoopThread("spo-sandbox-loop")
         self.pool = SandboxPool(config, **overrides)
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        self._call = self._loop.call
 
     def start(self) -> SyncSandboxPool:
         """Starts the pool (image check, reaping, self-test, warm-up)."""
@@ -47,8 +38,7 @@ class SyncSandboxPool:
     def close(self) -> None:
         """Removes the pool's containers and stops its loop."""
         self._call(self.pool.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
+        self._loop.stop()
 
     def __enter__(self) -> SyncSandboxPool:
         return self.start()
@@ -62,7 +52,7 @@ class SyncSandboxPool:
         cm = self.pool.session(episode_id, **kwargs)
         sess = self._call(cm.__aenter__())
         try:
-            yield SyncSandboxSession(self, sess)
+            yield SyncSandboxSession(self._loop, sess)
         finally:
             self._call(cm.__aexit__(None, None, None))
 
@@ -80,22 +70,22 @@ class SyncSandboxPool:
 class SyncSandboxSession:
     """Blocking twin of :class:`SandboxSession`."""
 
-    def __init__(self, owner: SyncSandboxPool, session: SandboxSession) -> None:
-        self._owner = owner
+    def __init__(self, loop: LoopThread, session: SandboxSession) -> None:
+        self._call = loop.call
         self.session = session
 
     def run(self, code: str, timeout: float | None = None) -> RunResult:
         """Runs a cell; see :meth:`SandboxSession.run`."""
-        return self._owner._call(self.session.run(code, timeout))
+        return self._call(self.session.run(code, timeout))
 
     def reset(self) -> None:
         """A fresh kernel; see :meth:`SandboxSession.reset`."""
-        self._owner._call(self.session.reset())
+        self._call(self.session.reset())
 
     def put_file(self, path: str, data: bytes | str) -> str:
         """Writes a file into the sandbox."""
-        return self._owner._call(self.session.put_file(path, data))
+        return self._call(self.session.put_file(path, data))
 
     def get_file(self, path: str) -> bytes:
         """Reads a file from the sandbox."""
-        return self._owner._call(self.session.get_file(path))
+        return self._call(self.session.get_file(path))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
+import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -21,6 +23,32 @@ REQUIRED_INFO = frozenset(
 )
 
 
+_ROLE = re.compile(r":[\w:]+:`~?(?:[^`<]*<)?([^`>]+)>?`")
+
+
+def plain_summary(doc: str | None) -> str:
+    """The first sentence-paragraph of a docstring with its reStructuredText markup removed
+    (``:class:`~a.B``` → ``B``, double backquotes dropped)."""
+    first = (doc or "").strip().split("\n\n", 1)[0]
+    text = " ".join(first.split())
+    text = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1], text)
+    return text.replace("``", "")
+
+
+def _quietly_load_plugins() -> list[str]:
+    """Loads the plugins without their warnings (the CLI prints failures as one line each)."""
+    import envs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return envs.plugin_errors()
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
 @app.command("list")
 def list_envs() -> None:
     """List the registered tool envs (built in and from installed plugins)."""
@@ -28,16 +56,27 @@ def list_envs() -> None:
 
     import envs
 
-    table = Table("id", "source", "entry point", "description")
-    for env_id in envs.list_envs():
+    errors = _quietly_load_plugins()
+    ids = envs.list_envs()
+    # The id is what a user copies: it is never cut; the description folds instead.
+    table = Table(expand=False)
+    table.add_column("id", no_wrap=True, min_width=max((len(i) for i in ids), default=2))
+    table.add_column("source", overflow="fold")
+    table.add_column("entry point", overflow="fold")
+    table.add_column("description", overflow="fold", ratio=1)
+    for env_id in ids:
         entry = envs.spec(env_id).entry_point
         creator = load_env_creator(entry) if isinstance(entry, str) else entry
-        summary = (inspect.getdoc(creator) or "").partition("\n")[0]
         qualname = getattr(creator, "__qualname__", repr(creator))
         name = entry if isinstance(entry, str) else f"{creator.__module__}:{qualname}"
-        table.add_row(env_id, envs.env_source(env_id), name, summary)
+        table.add_row(
+            env_id,
+            envs.env_source(env_id),
+            escape(name),
+            escape(plain_summary(inspect.getdoc(creator))),
+        )
     console.print(table)
-    for error in envs.plugin_errors():
+    for error in errors:
         console.print(f"[red]plugin failed:[/red] {escape(error)}", highlight=False)
 
 
@@ -84,21 +123,21 @@ async def run_checks(env_id: str, pool: Any) -> list[Check]:
         await _check_episode(env, actions, pool, check)
 
         await env.areset(seed=1)
-        _, reward, terminated, truncated, info = await env.atruncate("token_budget")
+        _, reward, terminated, truncated, final = await env.atruncate("token_budget")
         check(
             "truncate() ends the episode truncated, unscored",
-            truncated and not terminated and reward == 0.0 and info["score"] is None,
-            f"reason {info['termination_reason']}",
+            truncated and not terminated and reward == 0.0 and final["score"] is None,
+            f"reason {final['termination_reason']}",
         )
 
         short = envs.make(env_id, pool=pool, generation={"max_turns": 1})
         try:
             await short.areset(seed=0)
-            _, _, terminated, truncated, info = await short.astep(short.demo_actions()[0])
+            _, _, terminated, truncated, step = await short.astep(short.demo_actions()[0])
             check(
                 "max_turns truncates a turn that still calls a tool",
-                truncated and not terminated and info["termination_reason"] == "max_turns",
-                f"reason {info['termination_reason']}",
+                truncated and not terminated and step["termination_reason"] == "max_turns",
+                f"reason {step['termination_reason']}",
             )
         finally:
             await short.aclose()
@@ -162,7 +201,14 @@ def validate(
     env_id: str = typer.Argument(..., help="A registered id, e.g. spo_gym/ReTool-v0."),
 ) -> None:
     """Play scripted episodes against the real sandbox and check the env contract."""
+    import envs
     from sandbox import SandboxConfig, SandboxPool
+
+    _quietly_load_plugins()
+    try:
+        envs.spec(env_id)
+    except (envs.EnvIdError, envs.EnvNotFoundError) as exc:
+        _fail(str(exc))
 
     async def main() -> list[Check]:
         # Not started here: the pool starts only if the env acquires a sandbox.

@@ -162,5 +162,7 @@ async def test_watchdog_ends_a_stuck_episode_and_releases_the_sandbox(
         deadline=time.monotonic() + 2.0,
     )
     assert time.monotonic() - t0 < 8
-    assert traj.termination_reason == "watchdog" and traj.reward == 0.0 and not traj.masked
+    # The deadline is a backstop against stalls (envs/core.py's reason table): masked.
+    assert traj.termination_reason == "watchdog" and traj.reward == 0.0 and traj.masked
+    assert "deadline" in traj.mask_reason
     assert env.session is None

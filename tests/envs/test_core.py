@@ -20,8 +20,8 @@ from envs import (
     ScoreUnavailable,
     Task,
     ToolEnv,
+    default_pool,
 )
-from envs.core import default_pool
 from sandbox import RunResult, RunStatus, SandboxPool
 
 INFO_KEYS = {"prompt_key", "episode_id", "turn", "tool_calls", "call", "tool_result", "timings",
@@ -51,7 +51,7 @@ def test_generation_spec_defaults_and_validation() -> None:
     assert (spec.tool_format, spec.stop, spec.include_stop) == ("retool", ("</code>",), True)
     assert spec.observation_placement == "inline" and spec.max_turns == 8
     hermes = spec.updated({"tool_format": "hermes", "max_turns": 3})
-    assert hermes.stop == ("</tool_call>",) and hermes.observation_placement == "tool_message"
+    assert hermes.stop == ("</tool_call>",) and hermes.observation_placement == "message"
     assert hermes.max_turns == 3
     assert GenerationSpec.for_format("hermes", stop=["</tool_call>", "<|im_end|>"]).stop == (
         "</tool_call>",
@@ -123,13 +123,33 @@ def test_truncate_for_token_budget(echo_env: type[ToolEnv], tasks: list[Task]) -
     obs, reward, terminated, truncated, info = env.truncate("token_budget", action="partial ri")
     assert (obs, reward, terminated, truncated) == ("", 0.0, False, True)
     assert info["termination_reason"] == "token_budget" and info["score"] is None
-    assert env.episode is not None and env.episode.actions[-1] == "partial ri"
+    assert not info["masked"] and info["turn"] == 1
+    assert env.episode is not None and env.episode.unfinished == "partial ri"
     assert env.scored == 0  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="unknown truncation reason"):
+        env.reset(seed=0)
+        env.truncate("tired")  # type: ignore[arg-type]
 
+
+def test_an_unfinished_turn_is_never_graded(echo_env: type[ToolEnv], tasks: list[Task]) -> None:
+    # A turn cut by a token limit may hold a \boxed{} written mid-reasoning: with
+    # score_truncated the episode is scored on its completed turns only.
     scoring = echo_env(tasks=tasks, score_truncated=True)
     scoring.reset(seed=0)
-    *_, info = scoring.truncate("watchdog", action="it is right")
-    assert info["score"] == Score(1.0) and info["termination_reason"] == "watchdog"
+    scoring.step(CODE.format("x = 1"))
+    _, reward, _, truncated, info = scoring.truncate("turn_tokens", action="so it is right")
+    assert truncated and info["termination_reason"] == "turn_tokens"
+    assert info["score"] == Score(0.0) and reward == 0.0
+    assert scoring.episode is not None and "right" not in scoring.episode.response
+
+
+def test_watchdog_truncation_masks(echo_env: type[ToolEnv], tasks: list[Task]) -> None:
+    env = echo_env(tasks=tasks, score_truncated=True)
+    env.reset(seed=0)
+    _, reward, terminated, truncated, info = env.truncate("watchdog", action="it is right")
+    assert (reward, terminated, truncated) == (0.0, False, True)
+    assert info["masked"] and info["termination_reason"] == "watchdog" and info["detail"]
+    assert info["score"] is None and env.scored == 0  # type: ignore[attr-defined]
 
 
 def test_malformed_calls_and_long_output_are_observations(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 import envs
@@ -20,6 +22,7 @@ from envs import ReToolEnv, Task, ToolEnv
 from envs import registry as registry_module
 from sandbox import SandboxPool
 from spo_gym.cli import app
+from spo_gym.cli import envs as cli_envs
 from spo_gym.cli.envs import run_checks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +37,7 @@ def test_builtin_registration(tasks: list[Task]) -> None:
     assert type(env) is ReToolEnv, "our make returns the env itself, async twins reachable"
     assert env.generation.max_turns == 3 and callable(env.astep)
     assert env.spec is not None and env.spec.kwargs["generation"] == {"max_turns": 3}
-    with pytest.raises(gym.error.Error):
+    with pytest.raises(envs.EnvNotFoundError):
         envs.make("spo_gym/NoSuchEnv-v0")
 
 
@@ -153,6 +156,63 @@ def test_cli_list() -> None:
     assert "spo_gym/ReTool-v0" in result.output and "envs.retool:ReToolEnv" in result.output
 
 
+def test_cli_list_never_cuts_the_id_and_shows_plain_descriptions(
+    monkeypatch: pytest.MonkeyPatch, echo_env: type[ToolEnv]
+) -> None:
+    long_id = "a_rather_long_namespace/AnEnvironmentWithALongName-v12"
+
+    class Documented(echo_env):  # type: ignore[misc, valid-type]
+        """Solves :class:`~envs.tasks.Task` items with ``code_interpreter`` calls.
+
+        More detail that the listing leaves out.
+        """
+
+    envs.register(long_id, Documented)
+    out = io.StringIO()
+    monkeypatch.setattr(cli_envs, "console", Console(file=out, width=80, color_system=None))
+    try:
+        result = CliRunner().invoke(app, ["envs", "list"])
+    finally:
+        gym.registry.pop(long_id, None)
+    assert result.exit_code == 0, result.output
+    text = out.getvalue()
+    assert long_id in text and "spo_gym/ReTool-v0" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    flat = " ".join(text.split())
+    assert "Task" in flat and "``" not in flat and ":class:" not in flat
+    assert "More detail" not in flat
+
+
+def test_cli_errors_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    group = registry_module.ENTRY_POINT_GROUP
+    points = [EntryPoint("broken/Thing-v0", "no_such_module_here:Env", group)]
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: points)
+    try:
+        for env_id, expected in (
+            ("broken/Thing-v0", "plugin failed to load: broken/Thing-v0"),
+            ("nope/Nothing-v0", "no env of namespace 'nope'"),
+            ("spo_gym/ReTool-v1", "did you mean spo_gym/ReTool-v0"),
+            ("ReTool-v0", "must look like namespace/Name-vN"),
+        ):
+            envs.load_plugins(reload=True)
+            result = CliRunner().invoke(app, ["envs", "validate", env_id])
+            assert result.exit_code == 2, result.output
+            lines = [ln for ln in result.output.splitlines() if ln.strip()]
+            assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+            assert expected in lines[0] and "Traceback" not in result.output
+    finally:
+        monkeypatch.undo()
+        envs.load_plugins(reload=True)
+
+
+def test_ids_need_a_namespace_and_a_version(echo_env: type[ToolEnv]) -> None:
+    for bad in ("NoNamespace-v0", "ns/NoVersion", "ns/Bad Name-v0", ""):
+        with pytest.raises(envs.EnvIdError, match="namespace/Name-vN"):
+            envs.register(bad, echo_env)
+        with pytest.raises(envs.EnvIdError):
+            envs.make(bad)
+
+
 @pytest.mark.docker
 async def test_validate_checks_the_contract(pool: SandboxPool) -> None:
     checks = await run_checks("spo_gym/ReTool-v0", pool)
@@ -169,3 +229,15 @@ async def test_validate_reports_failures(echo_env: type[ToolEnv]) -> None:
     await unused.close()
     assert [c.name for c in checks if not c.ok] == ["scripted episode"]
     assert "no demo episode" in checks[-1].detail
+
+
+def test_no_public_name_shadows_a_submodule() -> None:
+    # `envs.spec` (the registry function) once shadowed the module envs/spec.py, so
+    # `import envs.spec; envs.spec.GenerationSpec` failed.
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(envs.__path__):
+        module = importlib.import_module(f"envs.{info.name}")
+        bound = getattr(envs, info.name, module)
+        assert bound is module, f"envs.{info.name} is {bound!r}, not the module"

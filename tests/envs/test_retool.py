@@ -42,7 +42,7 @@ def test_stateless_prompt_is_the_spo_setup(tasks: list[Task]) -> None:
 def test_hermes_prompt_and_controls(tasks: list[Task]) -> None:
     env = envs.make("spo_gym/ReTool-v0", tasks=tasks, generation={"tool_format": "hermes"})
     assert env.generation.stop == ("</tool_call>",)
-    assert env.generation.observation_placement == "tool_message"
+    assert env.generation.observation_placement == "message"
     assert isinstance(env, ReToolEnv) and "code_interpreter tool" in env.system_prompt
     assert "hermes" not in env.system_prompt and "<code>" not in env.system_prompt
 

@@ -8,7 +8,8 @@ What it shows, step by step:
 3. ``call_tool`` answering on the host — an env needs no sandbox when its tool is safe to run
    in-process (this one parses the expression with :mod:`ast` and allows only arithmetic);
 4. ``score`` reusing spo-gym's grader on the last ``\boxed{}``;
-5. a task source: a function of the env's seeded RNG, so ``reset(seed=…)`` is reproducible;
+5. a default task source (:meth:`envs.ToolEnv.default_task_source`): a function of the env's
+   seeded RNG, so ``reset(seed=…)`` is reproducible and ``spo-gym run --env`` has problems;
 6. ``demo_actions``, the scripted episode ``spo-gym envs validate`` plays;
 7. registration by entry point in ``pyproject.toml``: installed, the env is
    ``envs.make("calculator/Calculator-v0")``.
@@ -106,16 +107,14 @@ def random_task(rng: np.random.Generator) -> Task:
 class CalculatorEnv(ToolEnv):
     """Word problems with a calculator tool (hermes calls, no sandbox).
 
-    Args:
-        tasks: tasks to draw from; default :func:`random_task`.
-        kwargs: the rest of :class:`envs.ToolEnv`'s arguments.
+    Takes :class:`envs.ToolEnv`'s arguments; ``tasks`` defaults to :func:`random_task`.
     """
 
     tools = (CALCULATOR,)
     default_generation = GenerationSpec.for_format("hermes", max_turns=4)
 
-    def __init__(self, *, tasks: TaskSource | None = None, **kwargs: Any) -> None:
-        super().__init__(tasks=random_task if tasks is None else tasks, **kwargs)
+    def default_task_source(self) -> TaskSource:
+        return random_task
 
     def prompt(self, task: Task) -> list[dict[str, str]]:
         system = "Use the calculator tool for arithmetic; give the final answer in \\boxed{}."

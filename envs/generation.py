@@ -1,4 +1,4 @@
-"""What a tool env declares to the agent that drives it: generation controls and text spaces.
+"""What a tool env declares to the agent that drives it: its generation controls.
 
 The env has no tokenizer and does not sample; the agent does both. So the env *declares*
 how it must be driven — where to stop a turn, how tool calls are written, how an answer
@@ -14,20 +14,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
-from gymnasium.spaces import Text
-from numpy.typing import NDArray
-
 from envs.formats import ToolFormat
 
-__all__ = ["AnyText", "GenerationSpec", "ObservationPlacement", "TruncationSide"]
+__all__ = [
+    "GenerationSpec",
+    "ObservationPlacement",
+    "ObservationRole",
+    "TruncationSide",
+    "TurnCut",
+]
 
-ObservationPlacement = Literal["inline", "tool_message"]
+ObservationPlacement = Literal["inline", "message"]
+"""Where an observation goes: "inline" — appended raw to the assistant's own stream, no new chat
+turn (ReTool's ``<interpreter>`` block); "message" — a new chat message after the assistant's
+turn (a hermes ``tool`` message, or a ``user`` turn)."""
+ObservationRole = Literal["tool", "user"]
+"""The chat role of "message" observations."""
 TruncationSide = Literal["head", "middle", "tail"]
+TurnCut = Literal["truncate", "continue"]
+"""What a turn cut by ``max_turn_tokens`` means: "truncate" — the episode ends (reason
+"turn_tokens") and the cut turn is never run nor graded; "continue" — the agent keeps generating
+the same turn until it stops by itself or a budget ends the episode."""
 
 _FORMAT_DEFAULTS: dict[str, dict[str, Any]] = {
     "retool": {"stop": ("</code>",), "observation_placement": "inline"},
-    "hermes": {"stop": ("</tool_call>",), "observation_placement": "tool_message"},
+    "hermes": {"stop": ("</tool_call>",), "observation_placement": "message"},
 }
 
 
@@ -42,18 +53,19 @@ class GenerationSpec:
             ends where its code does and the observation follows at once).
         include_stop: whether the matched stop sequence stays in the action text (it must
             for the parsers, which look for the closing tag).
-        observation_placement: "inline" — append the observation raw to the assistant's
-            own stream (ReTool's ``<interpreter>`` block, no chat-template turn); or
-            "tool_message" — add it as a separate ``tool`` message (hermes).
+        observation_placement: see :data:`ObservationPlacement`.
+        observation_role: the chat role of "message" observations (hermes: "tool").
         max_turns: assistant turns per episode. The env ends the episode with
             ``truncated=True`` (reason "max_turns") when the last allowed turn still calls a
             tool.
         max_turn_tokens: tokens one assistant turn may generate (``None``: no limit beyond
-            the episode budget). A turn cut here still goes to ``step``; an unclosed call in
-            it reads back as a malformed call.
+            the episode budget).
+        turn_cut: what a turn cut by ``max_turn_tokens`` means; see :data:`TurnCut`. A cut
+            turn is never handed to ``step``: a ``\boxed{}`` written mid-reasoning is not a
+            final answer.
         max_episode_tokens: tokens of the whole response — generated *and* observation
             tokens, as in the SPO paper — after the prompt. ``None``: no budget. When it
-            runs out the agent calls ``env.truncate("token_budget", partial_turn)``.
+            runs out the agent calls ``env.truncate("token_budget", unfinished_turn)``.
         max_observation_chars: observations longer than this are cut by the env.
         truncation_side: where a long observation is cut: "middle" keeps both ends,
             "tail" keeps the beginning, "head" keeps the end.
@@ -63,8 +75,10 @@ class GenerationSpec:
     stop: tuple[str, ...] = ("</code>",)
     include_stop: bool = True
     observation_placement: ObservationPlacement = "inline"
+    observation_role: ObservationRole = "tool"
     max_turns: int = 8
     max_turn_tokens: int | None = None
+    turn_cut: TurnCut = "truncate"
     max_episode_tokens: int | None = None
     max_observation_chars: int = 4096
     truncation_side: TruncationSide = "middle"
@@ -72,8 +86,13 @@ class GenerationSpec:
     def __post_init__(self) -> None:
         if self.tool_format not in _FORMAT_DEFAULTS:
             raise ValueError(f"tool_format must be 'retool' or 'hermes', got {self.tool_format!r}")
-        if self.observation_placement not in ("inline", "tool_message"):
-            raise ValueError(f"unknown observation_placement {self.observation_placement!r}")
+        for name, allowed in (
+            ("observation_placement", ("inline", "message")),
+            ("observation_role", ("tool", "user")),
+            ("turn_cut", ("truncate", "continue")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.truncation_side not in ("head", "middle", "tail"):
             raise ValueError(f"unknown truncation_side {self.truncation_side!r}")
         if self.max_turns < 1:
@@ -107,58 +126,3 @@ class GenerationSpec:
         data = dataclasses.asdict(self)
         data["stop"] = list(self.stop)
         return data
-
-
-class AnyText(Text):
-    """A :class:`gymnasium.spaces.Text` holding any string of at most ``max_length`` characters.
-
-    Gymnasium's ``Text`` checks each character against a finite charset (alphanumerics by
-    default), which rejects the punctuation, newlines, LaTeX and non-Latin text of every
-    model turn. Here :meth:`contains` checks only the type and the length. :meth:`sample`
-    still draws from a finite charset — printable ASCII plus newline — and, unless told a
-    length, keeps samples short (up to ``sample_max_length``): enough to fuzz an env, as
-    gymnasium's env checker does. Not flattenable to arrays (characters have no index).
-    """
-
-    CHARSET = "".join(chr(c) for c in range(32, 127)) + "\n"
-
-    def __init__(
-        self,
-        max_length: int = 1 << 20,
-        *,
-        min_length: int = 0,
-        sample_max_length: int = 64,
-        seed: int | np.random.Generator | None = None,
-    ) -> None:
-        super().__init__(max_length, min_length=min_length, charset=self.CHARSET, seed=seed)
-        self.sample_max_length = max(min_length, min(sample_max_length, max_length))
-
-    def contains(self, x: Any) -> bool:
-        """Any ``str`` whose length is within the bounds."""
-        return isinstance(x, str) and self.min_length <= len(x) <= self.max_length
-
-    def sample(
-        self,
-        mask: tuple[int | None, NDArray[np.int8] | None] | None = None,
-        probability: tuple[int | None, NDArray[np.float64] | None] | None = None,
-    ) -> str:
-        """A random printable string; short unless ``mask``/``probability`` gives a length."""
-        if mask is None and probability is None:
-            length = int(self.np_random.integers(self.min_length, self.sample_max_length + 1))
-            return super().sample(mask=(length, None))
-        return super().sample(mask=mask, probability=probability)
-
-    @property
-    def is_np_flattenable(self) -> bool:
-        """False: arbitrary text has no fixed character index."""
-        return False
-
-    def __repr__(self) -> str:
-        return f"AnyText({self.min_length}, {self.max_length})"
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, AnyText)
-            and self.min_length == other.min_length
-            and self.max_length == other.max_length
-        )
