@@ -70,6 +70,7 @@ from agents.clock import ActiveClock, Deadline
 from agents.episode_request import EpisodeFn, EpisodeRequest
 from agents.policy import Policy
 from agents.trajectory import EpisodeTimings, Trajectory
+from envs.core import TerminationReason
 from envs.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -517,6 +518,7 @@ class RolloutEngine:
         exc = handle.exception() if not handle.cancelled() else asyncio.CancelledError()
         if exc is None:
             return handle.result()
+        reason: TerminationReason
         if isinstance(exc, _WatchdogExpired):
             reason = "watchdog"
         elif isinstance(exc, asyncio.CancelledError):

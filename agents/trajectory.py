@@ -7,6 +7,7 @@ from typing import Any
 
 from agents.policy import LogProbMode, SamplingParams
 from agents.transcript import Drift
+from envs.core import TerminationReason
 from sandbox import RunResult
 
 
@@ -55,8 +56,9 @@ class Trajectory:
         grade_detail: the grader's explanation.
         turns: model turns taken.
         tool_results: the sandbox results of the episode's code cells, in order.
-        termination_reason: how it ended ("answered", "max_turns", "token_budget",
-            "watchdog", "masked", ...).
+        termination_reason: how it ended (see :data:`envs.core.TerminationReason`; the
+            engine adds "error" and "cancelled" for episode functions that raised or were
+            cancelled).
         masked: see above; ``mask_reason`` says why.
         policy_version: the oldest policy version among the episode's sampled tokens (the
             version at admission if it sampled none).
@@ -89,7 +91,7 @@ class Trajectory:
     grade_detail: str
     turns: int
     tool_results: list[RunResult]
-    termination_reason: str
+    termination_reason: TerminationReason
     masked: bool
     policy_version: int
     timings: EpisodeTimings = field(default_factory=EpisodeTimings)

@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from agents.hf_policy import HFPolicy, sampling_generator
 from agents.policy import Policy, SamplingParams, TokenOutput
-from agents.transcript import ObservationStyle, Transcript, TranscriptLimits
+from agents.transcript import Transcript, TranscriptLimits
 
 # Where the top two logits are closer than this, batched and one-at-a-time greedy decoding may
 # legitimately pick different tokens: padding changes the fp32 summation order (~1e-6).
@@ -202,7 +202,7 @@ async def test_an_episode_keeps_every_sampled_id(
         turn = t.add_model_output(out, sampling)
         if turn.closed:
             break
-        t.add_observation("\n<interpreter>\n4\n</interpreter>\n", style=ObservationStyle.INLINE)
+        t.add_observation("\n<interpreter>\n4\n</interpreter>\n", placement="inline")
     model_ids = [i for i, m in zip(t.response_ids, t.response_mask, strict=True) if m]
     assert model_ids == [i for out in outputs for i in out.token_ids]
     model_lps = [lp for lp, m in zip(t.response_logprobs, t.response_mask, strict=True) if m]
