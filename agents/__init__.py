@@ -3,14 +3,19 @@ and the rollout engine that turns episodes into a stream of trajectories.
 
 Public API::
 
-    from agents import HFPolicy, SamplingParams, Transcript, ObservationStyle
+    from agents import HFPolicy, SamplingParams, Transcript
 
     policy = HFPolicy.from_pretrained("smollm2-135m")   # or a local HF folder, or
     policy = OpenAIPolicy("http://127.0.0.1:8000", "served-model")   # a vLLM server
     transcript = Transcript(tokenizer, messages)          # the served model's tokenizer
     out = await policy.generate(transcript.context_ids, transcript.sampling_for(sampling))
     turn = transcript.add_model_output(out, sampling)
-    transcript.add_observation(tool_output, style=ObservationStyle.INLINE)
+    transcript.add_observation(tool_output, placement="inline")
+
+    # Many episodes, batched for a learner; the weight-update protocol between batches:
+    engine = RolloutEngine(episode_fn, source, policy=policy, max_staleness=1)
+    batch = await engine.next_batch(64, extra=32)
+    await engine.pause(); await policy.update_weights(state, version); engine.resume()
 
 ``HFPolicy`` is imported on first use: it pulls in torch, which a remote-policy user may not need.
 (The PyPI package ``openai-agents`` also installs a top-level ``agents``; this is spo-gym's.)
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from agents.clock import ActiveClock, Deadline
 from agents.engine import (
     Batch,
     BatchStats,
@@ -29,6 +35,7 @@ from agents.engine import (
     TaskCycle,
 )
 from agents.episode import run_episode
+from agents.episode_request import EpisodeFn, EpisodeRequest
 from agents.models import (
     EMBEDDED_MODELS,
     EmbeddedModel,
@@ -39,13 +46,14 @@ from agents.models import (
     resolve_model,
 )
 from agents.openai_policy import OpenAIPolicy, OpenAIPolicyError
-from agents.policy import Policy, SamplingParams, StopReason, TokenOutput
+from agents.policy import LogProbMode, Policy, SamplingParams, StopReason, TokenOutput
+from agents.seeds import turn_seed
 from agents.trajectory import EpisodeTimings, Trajectory
 from agents.transcript import (
     Drift,
     DriftCause,
+    ExhaustedLimit,
     ModelTurn,
-    ObservationStyle,
     ObservationTurn,
     Transcript,
     TranscriptError,
@@ -57,17 +65,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EMBEDDED_MODELS",
+    "ActiveClock",
     "Batch",
     "BatchStats",
+    "Deadline",
     "Drift",
     "DriftCause",
     "EmbeddedModel",
     "EmbeddedModelUnavailableError",
+    "EpisodeFn",
+    "EpisodeRequest",
     "EpisodeTimings",
+    "ExhaustedLimit",
     "HFPolicy",
+    "LogProbMode",
     "ModelNotFoundError",
     "ModelTurn",
-    "ObservationStyle",
     "ObservationTurn",
     "OpenAIPolicy",
     "OpenAIPolicyError",
@@ -88,6 +101,7 @@ __all__ = [
     "prepare",
     "resolve_model",
     "run_episode",
+    "turn_seed",
 ]
 
 

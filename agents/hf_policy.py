@@ -10,9 +10,20 @@ soon as it finishes. Results carry the sampled ids exactly and each sampled toke
 
 Log-probs are ``log_softmax(logits / temperature)`` over the full vocabulary, taken *before*
 top-k/top-p filtering — the distribution a learner recomputes when it scores the trajectory
-(verl's actor also divides logits by the rollout temperature). With ``top_p=1`` and ``top_k=0``
-that is exactly the distribution the token was drawn from; with filtering it is the unfiltered
-parent of it. Greedy requests (temperature 0) report ``log_softmax(logits)``.
+(verl's actor also divides logits by the rollout temperature): :data:`~agents.policy.LogProbMode`
+``"tempered"``. With ``top_p=1`` and ``top_k=0`` that is exactly the distribution the token was
+drawn from; with filtering it is the unfiltered parent of it. Greedy requests (temperature 0)
+report ``log_softmax(logits)``.
+
+Random draws use one generator per request, on the device of the logits it samples from (a CPU
+generator cannot drive ``torch.multinomial`` on a GPU): seeded with the request's seed, or the
+policy's own per-device generator when the request has none.
+
+Weight updates (:meth:`HFPolicy.update_weights`) happen between decode steps: a gate checked
+before every forward pass holds the worker while the policy is paused, the state dict is loaded
+in place and the version bumped while no step runs, and a batch that resumes under new weights
+rebuilds its KV cache from its rows' tokens (prompt and sampled so far) before the next step, so
+every token's logits come from one version of the weights — the version recorded for it.
 
 Batched and one-at-a-time generation compute the same function, but padding changes the fp32
 summation order, so logits differ by ~1e-6: greedy decoding can pick a different token only where
@@ -24,8 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,13 +84,68 @@ def _never() -> bool:
     return False
 
 
+def sampling_generator(device: torch.device, seed: int | None) -> torch.Generator:
+    """A random generator on ``device``: seeded with ``seed``, or from fresh entropy if ``None``.
+
+    ``torch.multinomial`` requires its generator on the device of the probabilities it samples.
+    """
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+class _DecodeGate:
+    """Holds the worker thread before a forward pass while the policy is paused.
+
+    :meth:`wait_idle` returns once no forward pass runs; with the gate closed none starts, so
+    weights can be swapped safely in between.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._closed = False
+        self._busy = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+
+    def open(self) -> None:
+        with self._cond:
+            self._closed = False
+            self._cond.notify_all()
+
+    def wait_idle(self) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._busy)
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        """Wraps one forward pass: waits while closed, then marks the worker busy."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._closed)
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
 @dataclass
 class _Row:
     """One request's decoding state inside a batch."""
 
     prompt: list[int]
     sampling: SamplingParams
-    generator: torch.Generator
     stop_window: int
     is_cancelled: Callable[[], bool] = _never
     # Called in the worker thread the moment the row finishes, so a short request is not held
@@ -85,7 +153,10 @@ class _Row:
     on_finish: Callable[[TokenOutput], None] | None = None
     token_ids: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
     stop_reason: StopReason | None = None
+    # Made on first use, on the device of the logits the row samples from.
+    generator: torch.Generator | None = None
 
     @property
     def done(self) -> bool:
@@ -93,7 +164,13 @@ class _Row:
 
     def output(self) -> TokenOutput:
         assert self.stop_reason is not None, "the row has not finished"
-        return TokenOutput(tuple(self.token_ids), tuple(self.log_probs), self.stop_reason)
+        return TokenOutput(
+            tuple(self.token_ids),
+            tuple(self.log_probs),
+            self.stop_reason,
+            policy_versions=tuple(self.versions),
+            log_prob_mode="tempered",
+        )
 
 
 @dataclass
@@ -147,9 +224,11 @@ class HFPolicy:
         prefill_chunk_tokens: prompts are prefilled in chunks of about this many tokens across
             the batch, so attention scores never span a whole long batch at once.
         num_threads: torch intra-op threads (process-wide); default :func:`default_num_threads`.
-        seed: seeds the generator used by requests that carry no seed of their own.
+        seed: seeds the generators used by requests that carry no seed of their own.
         eos_token_ids: ids that end generation; default the generation config's and the
             tokenizer's end-of-sequence ids.
+        max_context_tokens: most prompt plus generated tokens per request; default the
+            model config's ``max_position_embeddings``.
     """
 
     def __init__(
@@ -163,6 +242,7 @@ class HFPolicy:
         num_threads: int | None = None,
         seed: int | None = None,
         eos_token_ids: Sequence[int] | None = None,
+        max_context_tokens: int | None = None,
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1 or prefill_chunk_tokens < 1:
             raise ValueError("batch limits must be positive")
@@ -178,13 +258,16 @@ class HFPolicy:
         pad = tokenizer.pad_token_id
         # Pad positions are masked out, so any valid id will do.
         self._pad_id = int(pad if pad is not None else min(self.eos_token_ids, default=0))
-        self._max_positions: int | None = getattr(model.config, "max_position_embeddings", None)
+        self._max_context_tokens: int | None = (
+            max_context_tokens
+            if max_context_tokens is not None
+            else getattr(model.config, "max_position_embeddings", None)
+        )
         self._device = next(model.parameters()).device
-        self._generator = torch.Generator()
-        if seed is None:
-            self._generator.seed()
-        else:
-            self._generator.manual_seed(seed)
+        self._seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._version = 0
+        self._gate = _DecodeGate()
         # One worker thread: batches run one after another, never interleaved.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hf-policy")
         self.stats = PolicyStats()
@@ -204,6 +287,56 @@ class HFPolicy:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         return cls(model, tokenizer, **kwargs)
+
+    @property
+    def version(self) -> int:
+        """The version of the weights new decode steps use."""
+        return self._version
+
+    @property
+    def max_context_tokens(self) -> int | None:
+        """Most prompt plus generated tokens one request may hold."""
+        return self._max_context_tokens
+
+    # -- the weight-update protocol ----------------------------------------------------------
+
+    async def pause(self) -> None:
+        """Return once no forward pass runs; none starts until :meth:`resume`.
+
+        Rows being decoded keep their state and continue after :meth:`resume`.
+        """
+        self._gate.close()
+        await asyncio.to_thread(self._gate.wait_idle)
+
+    def resume(self) -> None:
+        """Let decoding continue."""
+        self._gate.open()
+
+    async def update_weights(self, state: Mapping[str, Any], version: int) -> None:
+        """Load ``state`` into the model in place and make ``version`` current.
+
+        Decoding is paused for the load; a batch in flight rebuilds its KV cache under the new
+        weights before its next step. Resumes afterwards unless the caller had paused.
+
+        Raises:
+            ValueError: ``version`` is not greater than the current version.
+            RuntimeError: ``state`` does not match the model's parameters (from
+                ``load_state_dict``).
+        """
+        if version <= self._version:
+            raise ValueError(f"version must increase: {version} after {self._version}")
+        was_paused = self._gate.closed
+        await self.pause()
+        try:
+            await asyncio.to_thread(self._load, state, version)
+        finally:
+            if not was_paused:
+                self.resume()
+
+    def _load(self, state: Mapping[str, Any], version: int) -> None:
+        with torch.no_grad():
+            self.model.load_state_dict(dict(state), strict=True)
+        self._version = version
 
     # -- asyncio front ---------------------------------------------------------------------
 
@@ -268,7 +401,9 @@ class HFPolicy:
         return batch
 
     async def aclose(self) -> None:
-        """Stop the batching task and the worker thread."""
+        """Stop the batching task and the worker thread (a paused policy is resumed so that
+        the batch still running can end)."""
+        self.resume()
         if self._server is not None:
             self._server.cancel()
             await asyncio.wait([self._server])
@@ -279,13 +414,11 @@ class HFPolicy:
     def _check_request(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> None:
         if not prompt_ids:
             raise ValueError("prompt_ids is empty")
-        if (
-            self._max_positions is not None
-            and len(prompt_ids) + sampling.max_tokens > self._max_positions
-        ):
+        limit = self._max_context_tokens
+        if limit is not None and len(prompt_ids) + sampling.max_tokens > limit:
             raise ValueError(
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({sampling.max_tokens}) exceeds "
-                f"the model's {self._max_positions} positions"
+                f"the model's {limit} positions"
             )
 
     # -- the batch engine (worker thread) -----------------------------------------------------
@@ -321,7 +454,6 @@ class HFPolicy:
         return _Row(
             prompt=list(prompt),
             sampling=sampling,
-            generator=self._row_generator(sampling),
             stop_window=self._stop_window(sampling),
             is_cancelled=is_cancelled,
             on_finish=on_finish,
@@ -333,12 +465,17 @@ class HFPolicy:
         with torch.inference_mode():
             self._run(rows)
 
-    def _row_generator(self, sampling: SamplingParams) -> torch.Generator:
-        if sampling.seed is None:
-            return self._generator
-        generator = torch.Generator()
-        generator.manual_seed(sampling.seed)
-        return generator
+    def _row_generator(self, row: _Row, device: torch.device) -> torch.Generator:
+        """The row's generator, made on ``device`` (the logits') the first time it samples."""
+        if row.generator is None:
+            if row.sampling.seed is not None:
+                row.generator = sampling_generator(device, row.sampling.seed)
+            else:
+                shared = self._generators.get(device)
+                if shared is None:
+                    shared = self._generators[device] = sampling_generator(device, self._seed)
+                row.generator = shared
+        return row.generator
 
     def _stop_window(self, sampling: SamplingParams) -> int:
         # A stop string of n UTF-8 bytes spans at most n tokens, plus one it may start inside.
@@ -347,24 +484,12 @@ class HFPolicy:
     def _run(self, rows: list[_Row]) -> None:
         """Run the rows to completion, filling their token ids, log-probs and stop reasons."""
         device = self._device
-        width = max(len(row.prompt) for row in rows)
-        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row.prompt) :] = torch.tensor(row.prompt)
-            attention[i, width - len(row.prompt) :] = 1
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        input_ids, attention, positions = (
-            input_ids.to(device),
-            attention.to(device),
-            positions.to(device),
-        )
-
-        logits, cache = self._prefill(input_ids, attention, positions)
         active = list(range(len(rows)))  # rows[active[j]] is batch row j
-        next_positions = positions[:, -1:] + 1
+        with self._gate.step():
+            version = self._version
+            logits, cache, attention, next_positions = self._prefill_rows(rows)
         while True:
-            next_tokens = self._sample([rows[i] for i in active], logits)
+            next_tokens = self._sample([rows[i] for i in active], logits, version)
             for j, i in enumerate(active):
                 if not rows[i].done:
                     self._record(rows[i], int(next_tokens[j]))
@@ -381,16 +506,51 @@ class HFPolicy:
                 active = [active[j] for j in keep]
                 next_tokens, attention = next_tokens[index], attention[index]
                 next_positions = next_positions[index]
-            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
-            out = self.model(
-                input_ids=next_tokens.view(-1, 1),
-                attention_mask=attention,
-                position_ids=next_positions,
-                past_key_values=cache,
-                use_cache=True,
-            )
+            with self._gate.step():
+                if self._version != version:
+                    # New weights: the cache holds the old ones' keys and values. Rebuild it
+                    # from every row's tokens so far, whose last logits seed the next step.
+                    active = [i for i in active if not rows[i].done]
+                    version = self._version
+                    logits, cache, attention, next_positions = self._prefill_rows(
+                        [rows[i] for i in active]
+                    )
+                    continue
+                attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
+                out = self.model(
+                    input_ids=next_tokens.view(-1, 1),
+                    attention_mask=attention,
+                    position_ids=next_positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
             logits = out.logits[:, -1, :].float()
             next_positions = next_positions + 1
+
+    def _prefill_rows(
+        self, rows: Sequence[_Row]
+    ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+        """Left-pad the rows' contexts (prompt and tokens so far) and prefill them.
+
+        Returns the last-position logits, the cache, the attention mask and the positions of
+        the next tokens.
+        """
+        contexts = [row.prompt + row.token_ids for row in rows]
+        width = max(len(c) for c in contexts)
+        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, context in enumerate(contexts):
+            input_ids[i, width - len(context) :] = torch.tensor(context)
+            attention[i, width - len(context) :] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        device = self._device
+        input_ids, attention, positions = (
+            input_ids.to(device),
+            attention.to(device),
+            positions.to(device),
+        )
+        logits, cache = self._prefill(input_ids, attention, positions)
+        return logits, cache, attention, positions[:, -1:] + 1
 
     def _prefill(
         self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor
@@ -415,8 +575,9 @@ class HFPolicy:
         assert logits is not None
         return logits, cache
 
-    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> torch.Tensor:
-        """One token per row from its own distribution; records each token's log-prob."""
+    def _sample(self, rows: list[_Row], logits: torch.Tensor, version: int) -> torch.Tensor:
+        """One token per row from its own distribution; records each token's log-prob and the
+        weights ``version`` the logits came from."""
         temperatures = torch.tensor(
             [row.sampling.temperature if not row.sampling.greedy else 1.0 for row in rows],
             dtype=logits.dtype,
@@ -430,11 +591,13 @@ class HFPolicy:
                 continue
             filtered = _filter(scaled[j], row.sampling.top_k, row.sampling.top_p)
             probs = torch.softmax(filtered, dim=-1)
-            tokens[j] = torch.multinomial(probs, 1, generator=row.generator)[0]
+            generator = self._row_generator(row, probs.device)
+            tokens[j] = torch.multinomial(probs, 1, generator=generator)[0]
         chosen = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).tolist()
         for row, log_prob in zip(rows, chosen, strict=True):
             if not row.done:
                 row.log_probs.append(log_prob)
+                row.versions.append(version)
         return tokens
 
     def _record(self, row: _Row, token: int) -> None:

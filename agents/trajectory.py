@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.policy import LogProbMode, SamplingParams
 from agents.transcript import Drift
+from envs.core import TerminationReason
 from sandbox import RunResult
 
 
@@ -37,6 +39,13 @@ class Trajectory:
     saw them. ``masked`` episodes were lost to infrastructure outside a cell (no sandbox, the
     policy backend failed): learners leave them out of statistics, loss and tracker.
 
+    Policy versions. Weights may be updated while an episode runs, so its tokens can come from
+    several versions. ``response_versions[i]`` is the version that sampled response token
+    ``i``; an observation token carries the version of the last sampled token before it, so the
+    array is non-decreasing and a learner can use ``current - response_versions`` as each
+    token's staleness directly (under the mask). ``policy_version`` is the oldest version in
+    the episode — its staleness is ``current - policy_version``.
+
     Attributes:
         prompt_key: the task's canonical key (opaque to the learner).
         episode_id: unique id of this episode.
@@ -47,16 +56,28 @@ class Trajectory:
         grade_detail: the grader's explanation.
         turns: model turns taken.
         tool_results: the sandbox results of the episode's code cells, in order.
-        termination_reason: how it ended ("answered", "max_turns", "token_budget",
-            "watchdog", "masked", ...).
+        termination_reason: how it ended (see :data:`envs.core.TerminationReason`; the
+            engine adds "error" and "cancelled" for episode functions that raised or were
+            cancelled).
         masked: see above; ``mask_reason`` says why.
-        policy_version: the policy version that started the episode.
+        policy_version: the oldest policy version among the episode's sampled tokens (the
+            version at admission if it sampled none).
         timings: where the time went.
         drift: transcript drift records (empty when the tokens match the chat template).
         data_source: the task's data source.
         group_id: set in group (GRPO) mode: the episodes of one prompt share it.
         text: the model-visible response text (for display and debugging).
         answer: the task's reference answer.
+        sample_index: which sample of its prompt this episode is in the run (the k-th episode
+            started on that prompt; within a group, consecutive for its members).
+        response_versions: see above (same length as ``response_ids``).
+        turn_versions: for each model turn, the version that sampled its first token.
+        log_prob_mode: the kind of ``response_logprobs`` (see
+            :data:`~agents.policy.LogProbMode`); a learner must reject any kind but
+            ``"tempered"`` for the PPO ratio.
+        sampling: the episode's sampling params (stop strings and per-turn ``max_tokens`` as
+            the env set them; ``seed`` is the run seed, from which request ``k``'s seed is
+            ``turn_seed(seed, prompt_key, sample_index, k)``); ``None`` if it never sampled.
     """
 
     prompt_key: str
@@ -70,7 +91,7 @@ class Trajectory:
     grade_detail: str
     turns: int
     tool_results: list[RunResult]
-    termination_reason: str
+    termination_reason: TerminationReason
     masked: bool
     policy_version: int
     timings: EpisodeTimings = field(default_factory=EpisodeTimings)
@@ -80,6 +101,15 @@ class Trajectory:
     mask_reason: str = ""
     text: str = ""
     answer: str = ""
+    sample_index: int = 0
+    response_versions: list[int] = field(default_factory=list)
+    turn_versions: list[int] = field(default_factory=list)
+    log_prob_mode: LogProbMode = "tempered"
+    sampling: SamplingParams | None = None
+
+    def staleness(self, current_version: int) -> int:
+        """Policy versions between the episode's oldest token and ``current_version``."""
+        return current_version - self.policy_version
 
     @property
     def num_model_tokens(self) -> int:
@@ -120,4 +150,9 @@ class Trajectory:
             "group_id": self.group_id,
             "text": self.text,
             "answer": self.answer,
+            "sample_index": self.sample_index,
+            "response_versions": self.response_versions,
+            "turn_versions": self.turn_versions,
+            "log_prob_mode": self.log_prob_mode,
+            "sampling": self.sampling.to_dict() if self.sampling is not None else None,
         }

@@ -8,10 +8,18 @@ transcript holds the context as token ids and only ever appends to it:
   0.0. Only the new text is tokenized: the conversation is rendered with and without the new
   message and the text suffix is encoded on its own, so earlier tokens are never re-derived.
 
-Two observation styles exist. ``INLINE`` appends the text into the assistant's own stream with no
-new chat turn (ReTool: ``<interpreter>…</interpreter>`` right after ``</code>``); ``MESSAGE`` adds
-chat messages (a hermes ``tool`` message, or a new ``user`` turn) after the template closes the
-assistant's turn.
+Two observation placements exist (:data:`envs.generation.ObservationPlacement`). ``"inline"``
+appends the text into the assistant's own stream with no new chat turn (ReTool:
+``<interpreter>…</interpreter>`` right after ``</code>``); ``"message"`` adds chat messages (a
+hermes ``tool`` message, or a new ``user`` turn) after the template closes the assistant's turn.
+
+A model turn may take several generate calls (an env whose ``turn_cut`` is "continue"): each
+further call is added with ``continuation=True`` and extends the same assistant message and turn.
+
+Limits. The response is bounded by the episode's token budget and by the model's context (prompt
+plus response); :attr:`Transcript.remaining_tokens` is what both leave, and
+:attr:`Transcript.exhausted_by` says which one ran out. Every sampled token also records the
+policy version that sampled it (:attr:`Transcript.response_versions`).
 
 Drift. Re-tokenizing text between turns is the classic way RL trajectories go wrong: the model
 was conditioned on tokens A but the learner scores tokens B that decode to the same string. The
@@ -38,6 +46,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from agents.policy import SamplingParams, StopReason, TokenOutput
+from envs.generation import ObservationPlacement
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -49,15 +58,6 @@ _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 _EXCERPT = 40
 
 Message = dict[str, Any]
-
-
-class ObservationStyle(enum.StrEnum):
-    """How an observation enters the conversation."""
-
-    INLINE = "inline"
-    """Appended raw into the assistant's stream, no new chat turn (ReTool)."""
-    MESSAGE = "message"
-    """New chat message(s) after the assistant's turn (hermes ``tool`` role, or ``user``)."""
 
 
 class DriftCause(enum.StrEnum):
@@ -102,6 +102,8 @@ class TranscriptLimits:
     Attributes:
         max_response_tokens: the episode's budget after the prompt, counting model *and*
             observation tokens. ``None``: unlimited.
+        max_context_tokens: the model's context: prompt plus response may not exceed it.
+            ``None``: unknown (unlimited).
         max_observation_tokens: most tokens of one observation's content (the template's role
             headers around it are not counted here, but are in the episode budget).
         observation_keep: which end of a too-long observation survives truncation.
@@ -109,6 +111,7 @@ class TranscriptLimits:
     """
 
     max_response_tokens: int | None = None
+    max_context_tokens: int | None = None
     max_observation_tokens: int | None = None
     observation_keep: Literal["head", "tail"] = "head"
     truncation_marker: str = "\n[…truncated…]\n"
@@ -126,15 +129,18 @@ class Segment:
 
 @dataclass(frozen=True)
 class ModelTurn:
-    """What a model turn added.
+    """What a model turn added, and the turn so far.
 
     Attributes:
-        text: the decoded sampled ids, minus a closing end-of-turn token.
+        text: the decoded sampled ids of the whole turn (every call of a continued turn),
+            minus a closing end-of-turn token.
         action: ``text`` cut at the first stop string (kept or dropped per ``include_stop_str``):
             what the environment should act on.
-        num_tokens: sampled tokens appended.
-        stop_reason: the policy's stop reason.
+        num_tokens: sampled tokens this call appended.
+        stop_reason: the policy's stop reason for this call.
         closed: the model ended its message with an end-of-turn token.
+        stopped: the turn ended by itself — an end-of-sequence token or a stop string (also one
+            that spans two calls of a continued turn); otherwise a length limit cut it.
     """
 
     text: str
@@ -142,6 +148,7 @@ class ModelTurn:
     num_tokens: int
     stop_reason: StopReason
     closed: bool
+    stopped: bool
 
 
 @dataclass(frozen=True)
@@ -149,7 +156,7 @@ class ObservationTurn:
     """What an observation added.
 
     Attributes:
-        text: the rendered text appended (role headers included for ``MESSAGE`` style).
+        text: the rendered text appended (role headers included for "message" placement).
         num_tokens: tokens appended (after any budget cut).
         truncated: the observation's content was cut to ``max_observation_tokens``.
         budget_cut: the rendered tokens were cut to fit the episode budget.
@@ -163,6 +170,10 @@ class ObservationTurn:
 
 class TranscriptError(RuntimeError):
     """A transcript used out of order, over budget, or with a template it cannot render."""
+
+
+ExhaustedLimit = Literal["budget", "context"]
+"""Which limit a response ran out of: the episode's token budget or the model's context."""
 
 
 class Transcript:
@@ -201,13 +212,15 @@ class Transcript:
         self.response_ids: list[int] = []
         self.response_mask: list[int] = []
         self.response_logprobs: list[float] = []
+        self.response_versions: list[int] = []
         self.segments: list[Segment] = []
         self.drift: list[Drift] = []
         self.turns = 0
         self.template_strips_thinking = self._probe_strips_thinking()
         self._assistant_open = False  # last message is an assistant message still being written
         self._closing_text: str | None = None  # the end-of-turn token the model closed it with
-        self._budget_cut = False
+        self._cut_by: ExhaustedLimit | None = None  # an observation was cut to fit this limit
+        self._turn_text = ""  # the text of the latest model turn, over all its calls
         # The incremental check's state: the template's text for the context so far, its
         # canonical encoding, and how many context tokens it covers.
         self._checked_text = prompt_text
@@ -221,23 +234,57 @@ class Transcript:
         """Prompt and response so far: what the policy continues next."""
         return self.prompt_ids + self.response_ids
 
+    def _left(self) -> tuple[int | None, int | None]:
+        """Tokens left under the episode budget and under the context (``None``: no limit)."""
+        budget = self.limits.max_response_tokens
+        context = self.limits.max_context_tokens
+        return (
+            None if budget is None else max(0, budget - len(self.response_ids)),
+            None if context is None else max(0, context - len(self.context_ids)),
+        )
+
     @property
     def remaining_tokens(self) -> int | None:
-        """Tokens left in the episode budget (``None``: unlimited)."""
-        if self.limits.max_response_tokens is None:
-            return None
-        return max(0, self.limits.max_response_tokens - len(self.response_ids))
+        """Tokens the response may still grow by under both limits (``None``: unlimited)."""
+        left = [n for n in self._left() if n is not None]
+        return min(left) if left else None
+
+    @property
+    def exhausted_by(self) -> ExhaustedLimit | None:
+        """The limit that is used up (or that an observation was cut to fit), if any; the
+        budget when both are."""
+        if self._cut_by is not None:
+            return self._cut_by
+        budget, context = self._left()
+        if budget == 0:
+            return "budget"
+        if context == 0:
+            return "context"
+        return None
 
     @property
     def exhausted(self) -> bool:
-        """The episode budget is used up (or an observation was cut to fit it)."""
-        return self._budget_cut or self.remaining_tokens == 0
+        """No token may be added: a limit is used up (or an observation was cut to fit it)."""
+        return self.exhausted_by is not None
+
+    def _exhausted_message(self) -> str:
+        limit = "episode's token budget" if self.exhausted_by == "budget" else "model's context"
+        return f"the {limit} is exhausted"
+
+    @property
+    def turn_versions(self) -> list[int]:
+        """For each model turn, the policy version that sampled its first token."""
+        firsts: dict[int, int] = {}
+        for segment in self.segments:
+            if segment.kind == "model" and segment.end > segment.start:
+                firsts.setdefault(segment.turn, self.response_versions[segment.start])
+        return [firsts[t] for t in sorted(firsts)]
 
     def sampling_for(self, sampling: SamplingParams) -> SamplingParams:
-        """``sampling`` with ``max_tokens`` clamped to the remaining budget."""
+        """``sampling`` with ``max_tokens`` clamped to what the limits leave."""
         remaining = self.remaining_tokens
         if self.exhausted:
-            raise TranscriptError("the episode's token budget is exhausted")
+            raise TranscriptError(self._exhausted_message())
         if remaining is None or sampling.max_tokens <= remaining:
             return sampling
         return replace(sampling, max_tokens=remaining)
@@ -245,29 +292,40 @@ class Transcript:
     # -- appending -----------------------------------------------------------------------------
 
     def add_model_output(
-        self, output: TokenOutput, sampling: SamplingParams | None = None
+        self,
+        output: TokenOutput,
+        sampling: SamplingParams | None = None,
+        *,
+        policy_version: int = 0,
+        continuation: bool = False,
     ) -> ModelTurn:
-        """Append a model turn exactly as sampled.
+        """Append a model turn (or, with ``continuation``, more of the latest one) as sampled.
 
         Args:
             output: the policy's output for :attr:`context_ids`.
             sampling: the request's sampling params, to cut the action text at its stop strings.
+            policy_version: the version of every token when ``output`` carries no per-token
+                versions (the policy's version when the request was made).
+            continuation: the output continues the latest model turn (the model was cut by a
+                length limit and asked to go on); it extends that turn instead of starting one.
 
         Raises:
-            TranscriptError: the budget is exhausted or would be exceeded (clamp ``max_tokens``
-                with :meth:`sampling_for`), or the model already closed its message and no
-                observation followed.
+            TranscriptError: a limit is exhausted or would be exceeded (clamp ``max_tokens``
+                with :meth:`sampling_for`), the model already closed its message and no
+                observation followed, or there is no open turn to continue.
         """
         if self.exhausted:
-            raise TranscriptError("the episode's token budget is exhausted")
+            raise TranscriptError(self._exhausted_message())
         remaining = self.remaining_tokens
         if remaining is not None and len(output.token_ids) > remaining:
             raise TranscriptError(
-                f"{len(output.token_ids)} sampled tokens exceed the {remaining} left in the "
-                "budget; clamp max_tokens with sampling_for()"
+                f"{len(output.token_ids)} sampled tokens exceed the {remaining} left under the "
+                "limits; clamp max_tokens with sampling_for()"
             )
         if self._closing_text is not None:
             raise TranscriptError("the model closed its message; add an observation first")
+        if continuation and not (self.segments and self.segments[-1].kind == "model"):
+            raise TranscriptError("no model turn to continue: the last addition is not one")
         ids = list(output.token_ids)
         closed = (
             output.stop_reason == "stop"
@@ -287,51 +345,60 @@ class Transcript:
         self.response_ids.extend(ids)
         self.response_mask.extend([1] * len(ids))
         self.response_logprobs.extend(output.log_probs)
-        self.turns += 1
+        self.response_versions.extend(output.policy_versions or [policy_version] * len(ids))
+        if continuation:
+            self._turn_text += text
+        else:
+            self.turns += 1
+            self._turn_text = text
         self.segments.append(Segment("model", start, len(self.response_ids), self.turns))
         self._check()
+        action = _cut_at_stop(self._turn_text, sampling)
         return ModelTurn(
-            text=text,
-            action=_cut_at_stop(text, sampling),
+            text=self._turn_text,
+            action=action,
             num_tokens=len(ids),
             stop_reason=output.stop_reason,
             closed=closed,
+            stopped=output.stop_reason == "stop" or _stop_at(self._turn_text, sampling) >= 0,
         )
 
     def add_observation(
         self,
         content: str | Sequence[str],
         *,
-        style: ObservationStyle,
+        placement: ObservationPlacement,
         role: str = "tool",
     ) -> ObservationTurn:
         """Append an observation, tokenizing only its rendered text.
 
         Args:
-            content: the observation text; for ``MESSAGE`` style, several texts become several
-                consecutive messages (one per tool call).
-            style: ``INLINE`` into the assistant's stream, or ``MESSAGE`` as new chat messages.
-            role: the role of ``MESSAGE`` observations (``"tool"`` or ``"user"``).
+            content: the observation text; for "message" placement, several texts become
+                several consecutive messages (one per tool call).
+            placement: "inline" into the assistant's stream, or "message" as new chat messages.
+            role: the role of "message" observations (``"tool"`` or ``"user"``).
 
         Raises:
-            TranscriptError: no model turn precedes it, the budget is exhausted, an ``INLINE``
+            TranscriptError: no model turn precedes it, a limit is exhausted, an "inline"
                 observation follows a closed assistant message, or the template cannot render
                 the conversation incrementally.
         """
         if self.exhausted:
-            raise TranscriptError("the episode's token budget is exhausted")
+            raise TranscriptError(self._exhausted_message())
         if not self._assistant_open:
             raise TranscriptError("an observation must follow a model turn")
+        if placement not in ("inline", "message"):
+            raise TranscriptError(f"unknown observation placement {placement!r}")
         contents = [content] if isinstance(content, str) else list(content)
-        if style is ObservationStyle.INLINE and len(contents) != 1:
-            raise TranscriptError("an INLINE observation is one text")
+        if placement == "inline" and len(contents) != 1:
+            raise TranscriptError("an inline observation is one text")
         truncated = False
         kept = []
         for text in contents:
             cut = self._truncate(text)
             truncated |= cut != text
             kept.append(cut)
-        if style is ObservationStyle.INLINE:
+        if placement == "inline":
             if self._closing_text is not None:
                 raise TranscriptError(
                     "the model closed its message; an inline observation cannot follow"
@@ -344,15 +411,20 @@ class Transcript:
             self._assistant_open = False
             self._closing_text = None
         ids = self._encode(rendered)
+        budget_left = self._left()[0]
         remaining = self.remaining_tokens
         budget_cut = remaining is not None and len(ids) > remaining
         if budget_cut:
+            assert remaining is not None
             ids = ids[:remaining]
-            self._budget_cut = True
+            self._cut_by = "budget" if budget_left == remaining else "context"
         start = len(self.response_ids)
         self.response_ids.extend(ids)
         self.response_mask.extend([0] * len(ids))
         self.response_logprobs.extend([0.0] * len(ids))
+        # An observation carries the version of the sampled token before it (non-decreasing).
+        last = self.response_versions[-1] if self.response_versions else 0
+        self.response_versions.extend([last] * len(ids))
         self.segments.append(Segment("observation", start, len(self.response_ids), self.turns))
         if not budget_cut:
             # The episode ends at a budget cut; a cut rendering is not the template's, by design.
@@ -643,12 +715,24 @@ def _common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
     return n
 
 
+def _first_stop(text: str, sampling: SamplingParams | None) -> tuple[int, str] | None:
+    """Where the first stop string of ``sampling`` starts in ``text``, and which it is."""
+    if sampling is None or not sampling.stop:
+        return None
+    hits = [(text.find(s), s) for s in sampling.stop if s in text]
+    return min(hits) if hits else None
+
+
+def _stop_at(text: str, sampling: SamplingParams | None) -> int:
+    """Index of the first stop string in ``text``, -1 if none."""
+    hit = _first_stop(text, sampling)
+    return -1 if hit is None else hit[0]
+
+
 def _cut_at_stop(text: str, sampling: SamplingParams | None) -> str:
     """``text`` up to its first stop string, keeping the stop string if the params say so."""
-    if sampling is None or not sampling.stop:
+    hit = _first_stop(text, sampling)
+    if hit is None or sampling is None:
         return text
-    hits = [(text.find(s), s) for s in sampling.stop if s in text]
-    if not hits:
-        return text
-    index, stop = min(hits)
+    index, stop = hit
     return text[: index + len(stop)] if sampling.include_stop_str else text[:index]

@@ -27,12 +27,14 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from agents.engine import RolloutEngine, TaskCycle
 from agents.episode import run_episode
+from agents.episode_request import EpisodeRequest
 from agents.policy import SamplingParams, TokenOutput
 from agents.trajectory import Trajectory
 from envs import ReToolEnv, Task
@@ -73,7 +75,10 @@ class LatencyPolicy:
 
 
 class _EpisodePolicy:
-    """The policy one episode sees: its own draw, turn by turn."""
+    """The policy one episode sees: its own draw, turn by turn (weights never change)."""
+
+    version = 0
+    max_context_tokens = None
 
     def __init__(self, shared: LatencyPolicy, units: float) -> None:
         self.shared, self.units, self.turn = shared, units, 0
@@ -83,28 +88,28 @@ class _EpisodePolicy:
         self.turn += 1
         return out
 
+    async def pause(self) -> None:
+        return None
+
+    def resume(self) -> None:
+        return None
+
+    async def update_weights(self, state: Mapping[str, Any], version: int) -> None:
+        raise NotImplementedError("the latency model has no weights")
+
 
 def make_episode_fn(
     pool: SandboxPool, shared: LatencyPolicy, durations: dict[str, list[float]]
 ) -> Any:
     sampling = SamplingParams(max_tokens=64)
 
-    async def episode(
-        task: Task, version: int, deadline: float | None, group: str | None
-    ) -> Trajectory:
-        units = durations[task.key].pop()
+    async def episode(request: EpisodeRequest) -> Trajectory:
+        units = durations[request.task.key].pop()
         # Envs are reused across episodes, as a rollout worker keeps its own.
         env = ENVS.pop() if ENVS else ReToolEnv(pool=pool)
         try:
             return await run_episode(
-                env,
-                _EpisodePolicy(shared, units),
-                shared.tokenizer,
-                task,
-                sampling,
-                policy_version=version,
-                deadline=deadline,
-                group_id=group,
+                env, _EpisodePolicy(shared, units), shared.tokenizer, request, sampling
             )
         finally:
             await env.aclose()

@@ -44,9 +44,13 @@ def run(
     max_turns: int = typer.Option(4, min=1, help="Model turns per episode."),
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0, help="Nucleus mass."),
-    episode_timeout: float = typer.Option(600.0, help="Wall-clock budget per episode (s)."),
+    episode_timeout: float = typer.Option(
+        600.0, min=0.001, help="Budget per episode (s of the episode's own work; past it, masked)."
+    ),
     demonstrations: int = typer.Option(1, min=0, help="Worked examples shown before each problem."),
-    seed: int = typer.Option(0, help="Task and sampling seed."),
+    seed: int = typer.Option(
+        0, help="Task and sampling seed (each turn's seed is derived from it per sample)."
+    ),
     out: Path | None = typer.Option(None, help="Write one trajectory per line (JSONL)."),
 ) -> None:
     """Run a ReTool agent on N problems with a local model and the Docker sandbox."""
@@ -136,11 +140,12 @@ def _one_line(text: str) -> str:
 async def _run(tasks: list[Any], **s: Any) -> None:
     from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-    from agents.engine import RolloutEngine, TaskCycle
+    from agents.engine import RolloutEngine, RolloutError, TaskCycle
     from agents.episode import run_episode
+    from agents.episode_request import EpisodeRequest
     from agents.hf_policy import HFPolicy
     from agents.models import ModelNotFoundError, resolve_model
-    from agents.openai_policy import OpenAIPolicy
+    from agents.openai_policy import OpenAIPolicy, OpenAIPolicyError
     from agents.policy import Policy, SamplingParams
     from envs import extract_boxed, make
     from envs.formats import parse_action
@@ -154,13 +159,19 @@ async def _run(tasks: list[Any], **s: Any) -> None:
                 tokenizer = await asyncio.to_thread(
                     AutoTokenizer.from_pretrained, resolve_model(s["model"])
                 )
-                policy: Policy = OpenAIPolicy(s["base_url"], s["served_model"])
+                # A run is scored, not trained on: any kind of log-prob will do.
+                policy: Policy = await asyncio.to_thread(
+                    OpenAIPolicy, s["base_url"], s["served_model"], require_tempered=False
+                )
             else:
                 hf = await asyncio.to_thread(HFPolicy.from_pretrained, s["model"], seed=s["seed"])
                 policy, tokenizer = hf, hf.tokenizer
         except ModelNotFoundError as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
+        except OpenAIPolicyError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from exc
     with console.status("starting the sandbox pool"):
         pool = SandboxPool(SandboxConfig(warm=min(s["concurrency"], 8), default_timeout_s=30))
         try:
@@ -173,7 +184,8 @@ async def _run(tasks: list[Any], **s: Any) -> None:
     )
     generation = {"max_turns": s["max_turns"], "max_episode_tokens": s["max_episode_tokens"]}
 
-    async def episode(task: Any, version: int, deadline: float | None, group: str | None) -> Any:
+    async def episode(request: EpisodeRequest) -> Any:
+        task = request.task
         env = make(
             s["env_id"],
             pool=pool,
@@ -199,16 +211,7 @@ async def _run(tasks: list[Any], **s: Any) -> None:
                 view.update(task.key, output=_one_line(payload["text"]))
 
         try:
-            traj = await run_episode(
-                env,
-                policy,
-                tokenizer,
-                task,
-                sampling,
-                policy_version=version,
-                deadline=deadline,
-                on_event=on_event,
-            )
+            traj = await run_episode(env, policy, tokenizer, request, sampling, on_event=on_event)
         finally:
             await env.aclose()
         verdict = (
@@ -226,6 +229,7 @@ async def _run(tasks: list[Any], **s: Any) -> None:
     engine = RolloutEngine(
         episode,
         TaskCycle(tasks, seed=s["seed"]),
+        policy=policy,
         episode_timeout_s=s["episode_timeout"],
         max_concurrency=s["concurrency"],
     )
@@ -234,6 +238,9 @@ async def _run(tasks: list[Any], **s: Any) -> None:
             refresher = asyncio.ensure_future(_refresh(live, view))
             try:
                 batch = await engine.next_batch(len(tasks))
+            except RolloutError as exc:
+                console.print(f"[red]error:[/red] {exc}")
+                raise typer.Exit(1) from exc
             finally:
                 refresher.cancel()
             live.update(view.render())

@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from agents.hf_policy import HFPolicy
+from agents.hf_policy import HFPolicy, sampling_generator
 from agents.policy import Policy, SamplingParams, TokenOutput
-from agents.transcript import ObservationStyle, Transcript, TranscriptLimits
+from agents.transcript import Transcript, TranscriptLimits
 
 # Where the top two logits are closer than this, batched and one-at-a-time greedy decoding may
 # legitimately pick different tokens: padding changes the fp32 summation order (~1e-6).
@@ -202,7 +202,7 @@ async def test_an_episode_keeps_every_sampled_id(
         turn = t.add_model_output(out, sampling)
         if turn.closed:
             break
-        t.add_observation("\n<interpreter>\n4\n</interpreter>\n", style=ObservationStyle.INLINE)
+        t.add_observation("\n<interpreter>\n4\n</interpreter>\n", placement="inline")
     model_ids = [i for i, m in zip(t.response_ids, t.response_mask, strict=True) if m]
     assert model_ids == [i for out in outputs for i in out.token_ids]
     model_lps = [lp for lp, m in zip(t.response_logprobs, t.response_mask, strict=True) if m]
@@ -215,3 +215,84 @@ def test_the_converted_model_answers_sensibly(
 ) -> None:
     [out] = policy.generate_batch([prompts[0]], [SamplingParams(max_tokens=16, temperature=0)])
     assert "4" in smollm2_tokenizer.decode(out.token_ids)
+
+
+def test_sampling_generators_live_on_the_device_they_sample_on() -> None:
+    # torch.multinomial needs its generator on the device of the probabilities; only the CPU
+    # is available here, so this checks the device plumbing and the seeded stream.
+    device = torch.device("cpu")
+    generator = sampling_generator(device, 5)
+    assert generator.device == device
+    probs = torch.full((50,), 0.02, device=device)
+    expected = torch.multinomial(probs, 10, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(torch.multinomial(probs, 10, generator=generator), expected)
+
+
+def test_outputs_say_what_their_log_probs_are_and_who_sampled_them(
+    policy: HFPolicy, prompts: list[list[int]]
+) -> None:
+    out = policy.generate_batch([prompts[0]], [SamplingParams(max_tokens=4, seed=2)])[0]
+    assert out.log_prob_mode == "tempered"
+    assert out.policy_versions == (policy.version,) * len(out.token_ids)
+    assert policy.max_context_tokens == policy.model.config.max_position_embeddings
+
+
+@pytest.fixture
+def fresh_policy(smollm2_dir: Path) -> HFPolicy:
+    """A policy of its own (its weights get replaced); end-of-sequence ignored."""
+    return HFPolicy.from_pretrained(smollm2_dir, seed=0, eos_token_ids=())
+
+
+async def test_a_paused_policy_starts_no_decode_step(
+    fresh_policy: HFPolicy, prompts: list[list[int]]
+) -> None:
+    await fresh_policy.pause()
+    quick = asyncio.ensure_future(
+        fresh_policy.generate(prompts[0], SamplingParams(max_tokens=1, temperature=0))
+    )
+    await asyncio.sleep(0.5)
+    assert not quick.done()
+    fresh_policy.resume()
+    out = await asyncio.wait_for(quick, 60)
+    assert len(out.token_ids) == 1
+    await fresh_policy.aclose()
+
+
+async def test_weights_updated_mid_generation_take_effect_at_once_and_are_recorded(
+    fresh_policy: HFPolicy, smollm2_dir: Path, prompts: list[list[int]]
+) -> None:
+    policy = fresh_policy
+    with pytest.raises(ValueError, match="increase"):
+        await policy.update_weights(policy.model.state_dict(), 0)
+    reference = HFPolicy.from_pretrained(smollm2_dir).model  # the original weights
+    torch.manual_seed(0)
+    perturbed = {
+        name: tensor + 0.1 * tensor.std() * torch.randn_like(tensor)
+        if tensor.numel() > 1
+        else tensor
+        for name, tensor in policy.model.state_dict().items()
+    }
+    greedy = SamplingParams(max_tokens=40, temperature=0)
+    long = asyncio.ensure_future(policy.generate(prompts[1], greedy))
+    # A short request in the same batch: when it is back, the long one has sampled 3 tokens.
+    await policy.generate(prompts[3], SamplingParams(max_tokens=3, temperature=0))
+    await policy.update_weights(perturbed, 1)
+    assert policy.version == 1
+    out = await long
+    switch = out.policy_versions.index(1)
+    assert 3 <= switch < 40
+    assert out.policy_versions == (0,) * switch + (1,) * (40 - switch)
+    # Every token's log-prob is that of the weights recorded for it, on the whole context: the
+    # KV cache of the old weights was not reused after the update.
+    context = torch.tensor([prompts[1] + list(out.token_ids)])
+    with torch.inference_mode():
+        old = torch.log_softmax(reference(context).logits[0].float(), -1)
+        new = torch.log_softmax(policy.model(context).logits[0].float(), -1)
+    start = len(prompts[1]) - 1
+    for i, (token, log_prob, version) in enumerate(
+        zip(out.token_ids, out.log_probs, out.policy_versions, strict=True)
+    ):
+        dist = (old if version == 0 else new)[start + i]
+        assert int(dist.argmax()) == token
+        assert abs(float(dist[token]) - log_prob) < 1e-3, (i, version)
+    await policy.aclose()

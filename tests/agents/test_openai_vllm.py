@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
-from agents.openai_policy import OpenAIPolicy, parse_completion
+from agents.openai_policy import OpenAIPolicy, OpenAIPolicyError, parse_completion
 from agents.policy import Policy, SamplingParams
 from tests.agents.vllm_server import VLLMServer, build_tiny_model, ensure_venv, serve
 
@@ -146,3 +146,34 @@ async def test_logprobs_are_the_tempered_model_distribution(
     sampled = torch.tensor(out.token_ids)[:, None]
     expected = torch.log_softmax(logits / temperature, dim=-1).gather(1, sampled)[:, 0]
     assert out.log_probs == pytest.approx(expected.tolist(), abs=1e-3)
+
+
+async def test_the_server_mode_and_context_are_learned_from_the_server(
+    vllm: VLLMServer, policy: OpenAIPolicy, prompts: list[list[int]]
+) -> None:
+    assert policy.logprobs_mode == "processed_logprobs" and policy.max_context_tokens == 512
+    out = await policy.generate(prompts[0], SamplingParams(max_tokens=4, temperature=0.7, seed=2))
+    assert out.log_prob_mode == "tempered" and out.policy_versions == (0, 0, 0, 0)
+    with pytest.raises(OpenAIPolicyError, match="'filtered'"):
+        await policy.generate(prompts[0], SamplingParams(max_tokens=4, top_p=0.5))
+
+
+async def test_a_filtered_request_really_gets_filtered_log_probs(
+    vllm: VLLMServer, prompts: list[list[int]]
+) -> None:
+    lenient = OpenAIPolicy(vllm.url, vllm.model, timeout_s=120, require_tempered=False)
+    sampling = SamplingParams(max_tokens=8, temperature=0.7, top_k=5, seed=3)
+    out = await lenient.generate(prompts[3], sampling)
+    assert out.log_prob_mode == "filtered"
+    model = LlamaForCausalLM.from_pretrained(vllm.model_dir, dtype=torch.float32)
+    context = torch.tensor([prompts[3] + list(out.token_ids)])
+    with torch.no_grad():
+        logits = model(context).logits[0, len(prompts[3]) - 1 : -1] / 0.7
+    sampled = torch.tensor(out.token_ids)[:, None]
+    tempered = torch.log_softmax(logits, dim=-1).gather(1, sampled)[:, 0]
+    kept = logits.masked_fill(logits < logits.topk(5).values[:, -1:], float("-inf"))
+    filtered = torch.log_softmax(kept, dim=-1).gather(1, sampled)[:, 0]
+    # Renormalised over the top 5: what vLLM reports, and not the tempered kind.
+    assert out.log_probs == pytest.approx(filtered.tolist(), abs=1e-3)
+    assert all(f > t + 1e-3 for f, t in zip(filtered.tolist(), tempered.tolist(), strict=True))
+    lenient.close()

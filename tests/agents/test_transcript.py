@@ -10,13 +10,14 @@ from transformers import PreTrainedTokenizerBase
 from agents.policy import SamplingParams, TokenOutput
 from agents.transcript import (
     DriftCause,
-    ObservationStyle,
     Transcript,
     TranscriptError,
     TranscriptLimits,
 )
+from envs.generation import ObservationPlacement
 
-INLINE, MESSAGE = ObservationStyle.INLINE, ObservationStyle.MESSAGE
+INLINE: ObservationPlacement = "inline"
+MESSAGE: ObservationPlacement = "message"
 QUESTION = [{"role": "system", "content": "Use Python."}, {"role": "user", "content": "12*34?"}]
 
 
@@ -56,7 +57,7 @@ def test_inline_observation_keeps_model_ids_and_masks_the_observation(
     t = Transcript(tok, QUESTION)
     first = sampled(tok, "<think>\nUse code.\n</think>\n\n<code>\nprint(12*34)\n</code>")
     t.add_model_output(first)
-    obs = t.add_observation("\n<interpreter>\n408\n</interpreter>\n", style=INLINE)
+    obs = t.add_observation("\n<interpreter>\n408\n</interpreter>\n", placement=INLINE)
     second = sampled(tok, "The answer is \\boxed{408}.", close=True, first_logprob=-1.5)
     turn = t.add_model_output(second)
 
@@ -81,7 +82,7 @@ def test_tool_message_renders_the_turn_closing_and_generation_prompt(
     call = '<think>\nCall the tool.\n</think>\n\n<tool_call>\n{"name": "python"}\n</tool_call>'
     first = sampled(tok, call)  # stopped on "</tool_call>": the template must close the turn
     t.add_model_output(first, SamplingParams(stop=("</tool_call>",)))
-    obs = t.add_observation("408", style=MESSAGE, role="tool")
+    obs = t.add_observation("408", placement=MESSAGE, role="tool")
     answer = sampled(tok, "<think>\nDone.\n</think>\n\nIt is 408.", close=True)
     t.add_model_output(answer)
 
@@ -105,7 +106,7 @@ def test_closing_token_the_model_sampled_is_not_rendered_again(
 ) -> None:
     t = Transcript(tok, QUESTION)
     t.add_model_output(sampled(tok, "<think>\nx\n</think>\n\n408", close=True))
-    obs = t.add_observation("Thanks. And 2+2?", style=MESSAGE, role="user")
+    obs = t.add_observation("Thanks. And 2+2?", placement=MESSAGE, role="user")
     assert obs.text == "\n<|im_start|>user\nThanks. And 2+2?<|im_end|>\n<|im_start|>assistant\n"
     assert t.response_mask.count(1) == len(encode(tok, "<think>\nx\n</think>\n\n408")) + 1
 
@@ -115,10 +116,10 @@ def test_inline_observation_after_a_closed_message_is_refused(
 ) -> None:
     t = Transcript(tok, QUESTION)
     with pytest.raises(TranscriptError, match="must follow a model turn"):
-        t.add_observation("x", style=INLINE)
+        t.add_observation("x", placement=INLINE)
     t.add_model_output(sampled(tok, "408", close=True))
     with pytest.raises(TranscriptError, match="closed its message"):
-        t.add_observation("x", style=INLINE)
+        t.add_observation("x", placement=INLINE)
     with pytest.raises(TranscriptError, match="closed its message"):
         t.add_model_output(sampled(tok, "more"))
     with pytest.raises(TranscriptError, match="non-assistant"):
@@ -164,7 +165,7 @@ def test_observation_merging_with_the_model_tail_is_reported(
     t = Transcript(tok, QUESTION)
     model = sampled(tok, "<code>print(1)</code>")
     t.add_model_output(model)
-    obs = t.add_observation("<interpreter>1</interpreter>", style=INLINE)
+    obs = t.add_observation("<interpreter>1</interpreter>", placement=INLINE)
     [drift] = t.drift
     assert drift.cause is DriftCause.OBSERVATION_MERGE
     boundary = len(t.prompt_ids) + len(model.token_ids)
@@ -183,7 +184,7 @@ def test_thinking_stripped_by_the_template_is_kept_and_reported(
     assert not Transcript(smollm2_tokenizer, QUESTION).template_strips_thinking
     first = sampled(tok, "<think>\nMultiply.\n</think>\n\n408", close=True)
     t.add_model_output(first)
-    obs = t.add_observation("And 2+2?", style=MESSAGE, role="user")
+    obs = t.add_observation("And 2+2?", placement=MESSAGE, role="user")
     assert t.drift[0].cause is DriftCause.THINKING_STRIPPED
     assert t.drift[0].ours.startswith("<think>")
     assert first.token_ids[0] == tok.convert_tokens_to_ids("<think>")
@@ -239,7 +240,7 @@ def test_budget_counts_observation_tokens_and_cuts_at_the_end(
     with pytest.raises(TranscriptError, match="exceed"):
         t.add_model_output(sampled(tok, ids=encode(tok, "x") * (left + 1)))
     obs = t.add_observation(
-        "\n<interpreter>\n" + "1 2 3 4 5 6 7 8 9 " * 3 + "</interpreter>", style=INLINE
+        "\n<interpreter>\n" + "1 2 3 4 5 6 7 8 9 " * 3 + "</interpreter>", placement=INLINE
     )
     assert obs.budget_cut and obs.num_tokens == left
     assert len(t.response_ids) == 20 and t.exhausted
@@ -258,7 +259,7 @@ def test_long_observations_are_truncated_to_the_token_limit(
     t = Transcript(tok, QUESTION, limits=limits)
     t.add_model_output(sampled(tok, "<code>print(list(range(100)))</code>"))
     output = " ".join(str(i) for i in range(100))
-    obs = t.add_observation(output, style=INLINE)
+    obs = t.add_observation(output, placement=INLINE)
     assert obs.truncated
     assert len(encode(tok, obs.text)) <= 12 + 1  # the marker may merge differently at its edge
     assert limits.truncation_marker in obs.text
@@ -268,7 +269,7 @@ def test_long_observations_are_truncated_to_the_token_limit(
         assert obs.text.endswith("98 99")
     short = Transcript(tok, QUESTION, limits=limits)
     short.add_model_output(sampled(tok, "<code>print(1)</code>"))
-    assert not short.add_observation("1", style=INLINE).truncated
+    assert not short.add_observation("1", placement=INLINE).truncated
 
 
 _PIECES = st.lists(
@@ -288,7 +289,7 @@ def test_no_drift_recorded_iff_the_rendering_reproduces_the_context(
     turns = list(zip(model_texts, observations, strict=False))
     for text, obs in turns:
         t.add_model_output(sampled(tok, text))
-        t.add_observation(obs, style=INLINE)
+        t.add_observation(obs, placement=INLINE)
     t.add_model_output(sampled(tok, "done", close=True))
     rendered = encode(tok, tok.apply_chat_template(t.messages, tokenize=False))
     reproduced = rendered == t.context_ids + encode(tok, "\n")
@@ -296,3 +297,67 @@ def test_no_drift_recorded_iff_the_rendering_reproduces_the_context(
     model_ids = [i for i, m in zip(t.response_ids, t.response_mask, strict=True) if m]
     expected = [i for text, _ in turns for i in encode(tok, text)] + encode(tok, "done")
     assert model_ids == [*expected, tok.convert_tokens_to_ids("<|im_end|>")]
+
+
+def test_the_model_context_limits_the_response_and_is_named(
+    smollm2_tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    tok = smollm2_tokenizer
+    prompt = len(Transcript(tok, QUESTION).prompt_ids)
+    t = Transcript(
+        tok,
+        QUESTION,
+        limits=TranscriptLimits(max_response_tokens=50, max_context_tokens=prompt + 6),
+    )
+    assert t.remaining_tokens == 6 and t.sampling_for(SamplingParams(max_tokens=64)).max_tokens == 6
+    t.add_model_output(sampled(tok, ids=encode(tok, "one two three four five six")[:6]))
+    assert t.exhausted and t.exhausted_by == "context"
+    with pytest.raises(TranscriptError, match="context is exhausted"):
+        t.sampling_for(SamplingParams())
+    # An observation cut to fit the context is named too.
+    t = Transcript(tok, QUESTION, limits=TranscriptLimits(max_context_tokens=prompt + 8))
+    t.add_model_output(sampled(tok, "<code>x</code>"))
+    obs = t.add_observation(
+        "\n<interpreter>\n" + "1 2 3 " * 10 + "</interpreter>", placement=INLINE
+    )
+    assert obs.budget_cut and t.exhausted_by == "context"
+    assert len(t.context_ids) == prompt + 8
+
+
+def test_a_continued_turn_is_one_turn_and_its_stop_string_may_span_calls(
+    smollm2_tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    tok = smollm2_tokenizer
+    stop = SamplingParams(stop=("</code>",))
+    ids = encode(tok, "Let me check.\n<code>\nprint(1)\n</code> and more")
+    t = Transcript(tok, QUESTION)
+    with pytest.raises(TranscriptError, match="no model turn to continue"):
+        t.add_model_output(sampled(tok, ids=ids[:3]), stop, continuation=True)
+    split = next(n for n in range(len(ids)) if tok.decode(ids[:n]).endswith("</"))
+    first = t.add_model_output(TokenOutput(tuple(ids[:split]), (-0.1,) * split, "length"), stop)
+    assert not first.stopped
+    second = t.add_model_output(
+        TokenOutput(tuple(ids[split:]), (-0.2,) * (len(ids) - split), "length"),
+        stop,
+        continuation=True,
+    )
+    assert t.turns == 1 and second.stopped and second.num_tokens == len(ids) - split
+    assert second.text == tok.decode(ids)
+    assert second.action == "Let me check.\n<code>\nprint(1)\n</code>"
+    assert t.response_ids == ids and t.drift == []
+
+
+def test_every_token_records_the_policy_version_that_sampled_it(
+    smollm2_tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    tok = smollm2_tokenizer
+    t = Transcript(tok, QUESTION)
+    ids = encode(tok, "<code>\nprint(12*34)\n</code>")
+    # A weight update landed in the middle of the first turn.
+    versions = (4,) * 3 + (5,) * (len(ids) - 3)
+    t.add_model_output(TokenOutput(tuple(ids), (-0.1,) * len(ids), "stop", versions))
+    obs = t.add_observation("\n<interpreter>\n408\n</interpreter>\n", placement=INLINE)
+    t.add_model_output(sampled(tok, "So 408.", close=True), policy_version=6)
+    answer = len(t.response_ids) - len(ids) - obs.num_tokens
+    assert t.response_versions == [*versions, *[5] * obs.num_tokens, *[6] * answer]
+    assert t.turn_versions == [4, 6]
