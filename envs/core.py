@@ -387,6 +387,34 @@ class ToolEnv(gym.Env[str, str]):
         every reset must name its task). ``spo-gym run`` uses it unless ``--data`` is given."""
         return None
 
+    def sample_tasks(self, n: int, seed: int = 0) -> list[Task]:
+        """``n`` distinct tasks (by key) from the env's task source, drawn with ``seed``.
+
+        Raises:
+            ValueError: the env has no task source, or it holds fewer than ``n`` distinct
+                tasks (for a generator: none new in ``50 n`` draws).
+        """
+        if self.tasks is None:
+            raise ValueError(
+                f"{type(self).__name__} declares no task source (default_task_source); "
+                "give it tasks"
+            )
+        rng = np.random.default_rng(seed)
+        if not callable(self.tasks):
+            distinct = list({t.key: t for t in self.tasks}.values())
+            if len(distinct) < n:
+                raise ValueError(f"the env's task list holds {len(distinct)} tasks, not {n}")
+            return [distinct[int(i)] for i in rng.permutation(len(distinct))[:n]]
+        drawn: dict[str, Task] = {}
+        for _ in range(50 * n):
+            if len(drawn) == n:
+                break
+            task = self.tasks(rng)
+            drawn.setdefault(task.key, task)
+        if len(drawn) < n:
+            raise ValueError(f"the env's task generator gave {len(drawn)} distinct tasks, not {n}")
+        return list(drawn.values())
+
     def answered(self, action: str) -> bool:
         """Whether a turn without a tool call gives an answer ("answered") or just stops
         ("no_tool_call"). Both end the episode and are scored; the reason is for statistics."""

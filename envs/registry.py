@@ -31,12 +31,13 @@ import contextvars
 import copy
 import dataclasses
 import difflib
+import inspect
 import re
 import threading
 import warnings
 from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec, load_env_creator
@@ -48,6 +49,8 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "EnvIdError",
     "EnvNotFoundError",
+    "env_creator",
+    "env_parameters",
     "env_source",
     "list_envs",
     "load_plugins",
@@ -114,13 +117,8 @@ def make(id: str, **kwargs: Any) -> ToolEnv:
         TypeError: the id does not make a :class:`~envs.core.ToolEnv`.
     """
     env_spec = spec(id)
-    creator = (
-        env_spec.entry_point
-        if callable(env_spec.entry_point)
-        else load_env_creator(str(env_spec.entry_point))
-    )
     merged = {**copy.deepcopy(env_spec.kwargs), **kwargs}
-    env = creator(**merged)
+    env = env_creator(id)(**merged)
     if not isinstance(env, ToolEnv):
         env.close()
         raise TypeError(f"{id} makes a {type(env).__name__}, not a ToolEnv; use gymnasium.make")
@@ -141,6 +139,38 @@ def spec(id: str) -> EnvSpec:
     if id not in gym.registry:
         raise EnvNotFoundError(_not_found(id))
     return gym.spec(id)
+
+
+def env_creator(id: str) -> Callable[..., gym.Env[Any, Any]]:
+    """What makes the env ``id``: its class or factory (imported if registered by name).
+
+    Raises:
+        EnvIdError, EnvNotFoundError: as :func:`spec`.
+    """
+    entry = spec(id).entry_point
+    if callable(entry):
+        return cast(Callable[..., gym.Env[Any, Any]], entry)
+    return cast(Callable[..., gym.Env[Any, Any]], load_env_creator(str(entry)))
+
+
+def env_parameters(id: str) -> frozenset[str]:
+    """The keyword arguments the env ``id`` can be made with (its constructor's, and
+    :class:`~envs.core.ToolEnv`'s when it forwards ``**kwargs``), so a front end passes an
+    option only to envs that declare it.
+
+    Raises:
+        EnvIdError, EnvNotFoundError: as :func:`spec`.
+    """
+    names, forwards = _keywords(env_creator(id))
+    return names | _keywords(ToolEnv)[0] if forwards else names
+
+
+def _keywords(creator: Callable[..., Any]) -> tuple[frozenset[str], bool]:
+    """A callable's keyword parameters, and whether it takes ``**kwargs``."""
+    params = inspect.signature(creator).parameters.values()
+    named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = frozenset(p.name for p in params if p.kind in named)
+    return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def list_envs() -> list[str]:

@@ -227,8 +227,9 @@ class ReToolEnv(ToolEnv):
 
 @functools.lru_cache(maxsize=1)
 def default_tasks() -> tuple[Task, ...]:
-    """What ``reset()`` draws from when no tasks are given: 512 built-in arithmetic tasks."""
-    return tuple(arithmetic_tasks(512, seed=0))
+    """What ``reset()`` draws from when no tasks are given: 512 built-in arithmetic tasks
+    (4-digit operands, 2 operations)."""
+    return tuple(arithmetic_tasks(512, digits=4, operations=2, seed=0))
 
 
 @functools.lru_cache(maxsize=1)

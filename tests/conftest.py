@@ -3,6 +3,30 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Tests run on a 2-core machine next to Docker: keep BLAS and torch single-threaded.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def calculator_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``examples/calculator_env`` installed (no deps) into a folder to put on ``PYTHONPATH``:
+    the third-party env a new user would write, registered through its entry point."""
+    tmp = tmp_path_factory.mktemp("calculator")
+    source = tmp / "src"
+    shutil.copytree(ROOT / "examples" / "calculator_env", source)  # builds leave files behind
+    target = tmp / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--no-index", "--target", str(target), str(source)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return target

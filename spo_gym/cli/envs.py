@@ -52,8 +52,6 @@ def _fail(message: str) -> NoReturn:
 @app.command("list")
 def list_envs() -> None:
     """List the registered tool envs (built in and from installed plugins)."""
-    from gymnasium.envs.registration import load_env_creator
-
     import envs
 
     errors = _quietly_load_plugins()
@@ -66,7 +64,7 @@ def list_envs() -> None:
     table.add_column("description", overflow="fold", ratio=1)
     for env_id in ids:
         entry = envs.spec(env_id).entry_point
-        creator = load_env_creator(entry) if isinstance(entry, str) else entry
+        creator = envs.env_creator(env_id)
         qualname = getattr(creator, "__qualname__", repr(creator))
         name = entry if isinstance(entry, str) else f"{creator.__module__}:{qualname}"
         table.add_row(

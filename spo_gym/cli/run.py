@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -22,11 +24,20 @@ def run(
     env_id: str = typer.Option("spo_gym/ReTool-v0", "--env", help="A registered tool env id."),
     data: Path | None = typer.Option(
         None,
-        help="Task file (JSONL/parquet, verl schema or {problem, answer}); default: "
-        "the built-in arithmetic-with-tool family.",
+        help="Task file (JSONL/parquet, verl schema or {problem, answer}); default: the env's "
+        "own task source (ReTool: the built-in arithmetic-with-tool family).",
     ),
-    digits: int = typer.Option(4, min=1, help="Operand digits of the built-in tasks."),
-    operations: int = typer.Option(2, min=1, help="Operations per built-in task."),
+    digits: int | None = typer.Option(
+        None,
+        min=1,
+        help="Solve the built-in arithmetic family with operands of this many digits "
+        "(default 4 with --operations) instead of the env's own tasks.",
+    ),
+    operations: int | None = typer.Option(
+        None,
+        min=1,
+        help="Operations per built-in arithmetic task (default 2 with --digits).",
+    ),
     model: str = typer.Option(
         "smollm2-135m",
         help="Embedded model name or a local HF folder (with --base-url: "
@@ -47,23 +58,33 @@ def run(
     episode_timeout: float = typer.Option(
         600.0, min=0.001, help="Budget per episode (s of the episode's own work; past it, masked)."
     ),
-    demonstrations: int = typer.Option(1, min=0, help="Worked examples shown before each problem."),
+    demonstrations: int | None = typer.Option(
+        None,
+        min=0,
+        help="Worked examples shown before each problem, for envs that take them "
+        "(default 1 there).",
+    ),
     seed: int = typer.Option(
         0, help="Task and sampling seed (each turn's seed is derived from it per sample)."
     ),
     out: Path | None = typer.Option(None, help="Write one trajectory per line (JSONL)."),
 ) -> None:
-    """Run a ReTool agent on N problems with a local model and the Docker sandbox."""
-    from envs import TaskDataError, arithmetic_tasks, load_tasks
+    """Run a tool agent (ReTool by default) on N problems with a local model and the sandbox."""
+    import envs
 
     try:
-        tasks = (
-            load_tasks(data, limit=n)
-            if data
-            else arithmetic_tasks(n, digits=digits, operations=operations, seed=seed)
-        )
-    except (TaskDataError, OSError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        options = _env_options(env_id, demonstrations)
+        if data is not None:
+            tasks = envs.load_tasks(data, limit=n)
+        elif digits is not None or operations is not None:
+            tasks = envs.arithmetic_tasks(
+                n, digits=digits or 4, operations=operations or 2, seed=seed
+            )
+        else:
+            # The env's own task source; making it acquires nothing.
+            tasks = envs.make(env_id, **options).sample_tasks(n, seed=seed)
+    except (envs.TaskDataError, envs.EnvIdError, envs.EnvNotFoundError, OSError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     if not tasks:
         console.print("[red]error:[/red] no tasks to run")
@@ -82,9 +103,24 @@ def run(
         "episode_timeout": episode_timeout,
         "seed": seed,
         "out": out,
-        "demonstrations": demonstrations,
+        "env_options": options,
     }
     asyncio.run(_run(tasks, **settings))
+
+
+def _env_options(env_id: str, demonstrations: int | None) -> dict[str, Any]:
+    """The CLI's env options that ``env_id`` declares; an option given explicitly to an env
+    that does not take it is an error."""
+    import envs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a failed plugin is named by spec()
+        accepted = envs.env_parameters(env_id)
+    if "demonstrations" in accepted:
+        return {"demonstrations": 1 if demonstrations is None else demonstrations}
+    if demonstrations is not None:
+        raise ValueError(f"{env_id} does not take --demonstrations")
+    return {}
 
 
 class _View:
@@ -186,12 +222,7 @@ async def _run(tasks: list[Any], **s: Any) -> None:
 
     async def episode(request: EpisodeRequest) -> Any:
         task = request.task
-        env = make(
-            s["env_id"],
-            pool=pool,
-            generation=generation,
-            **({"demonstrations": s["demonstrations"]} if s["demonstrations"] else {}),
-        )
+        env = make(s["env_id"], pool=pool, generation=generation, **s["env_options"])
         view.update(task.key, status="[yellow]running[/yellow]")
 
         def on_event(kind: str, payload: dict[str, Any]) -> None:

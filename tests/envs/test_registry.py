@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -103,15 +102,8 @@ def test_entry_point_plugins(
     assert "fake/ByClass-v0" not in envs.list_envs()
 
 
-def test_example_package_installs_and_registers_by_entry_point(tmp_path: Path) -> None:
-    source = tmp_path / "src"
-    shutil.copytree(ROOT / "examples" / "calculator_env", source)  # builds leave files behind
-    target = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(target), str(source)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+def test_example_package_installs_and_registers_by_entry_point(calculator_site: Path) -> None:
+    target = calculator_site
     script = textwrap.dedent(
         """
         import json, envs
