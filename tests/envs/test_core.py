@@ -349,3 +349,20 @@ async def test_cancelling_a_step_releases_before_returning(
         await step
     assert env.episode is not None and env.episode.termination_reason == "cancelled"
     assert env.session is None and pool.stats().in_use == before
+
+
+def test_sample_tasks_draws_distinct_tasks_from_the_task_source(
+    echo_env: type[ToolEnv], tasks: list[Task]
+) -> None:
+    listed = echo_env(tasks=tasks)
+    drawn = listed.sample_tasks(5, seed=3)
+    assert len({t.key for t in drawn}) == 5 and set(drawn) <= set(tasks)
+    assert drawn == listed.sample_tasks(5, seed=3) and drawn != listed.sample_tasks(5, seed=4)
+    with pytest.raises(ValueError, match="holds 8 tasks, not 9"):
+        listed.sample_tasks(9)
+    generated = echo_env(tasks=lambda rng: tasks[int(rng.integers(3))])
+    assert len(generated.sample_tasks(3)) == 3
+    with pytest.raises(ValueError, match="gave 3 distinct tasks, not 4"):
+        generated.sample_tasks(4)
+    with pytest.raises(ValueError, match="declares no task source"):
+        echo_env().sample_tasks(1)
