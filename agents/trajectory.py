@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from agents.policy import LogProbMode, SamplingParams
 from agents.transcript import Drift
-from envs.core import TerminationReason
+from envs.core import ScoreStatus, TerminationReason
 from sandbox import RunResult
 
 
@@ -52,7 +52,8 @@ class Trajectory:
         prompt_ids: the rendered opening conversation.
         response_ids / response_mask / response_logprobs: see above.
         reward: the env's reward (0 for masked episodes).
-        score_status: the grader's status ("ok", "no_answer", "timeout", ...).
+        score_status: the verdict's :data:`envs.core.ScoreStatus`, or "unscored" (truncated
+            and not scored, or masked).
         grade_detail: the grader's explanation.
         turns: model turns taken.
         tool_results: the sandbox results of the episode's code cells, in order.
@@ -87,7 +88,7 @@ class Trajectory:
     response_mask: list[int]
     response_logprobs: list[float]
     reward: float
-    score_status: str
+    score_status: ScoreStatus | Literal["unscored"]
     grade_detail: str
     turns: int
     tool_results: list[RunResult]
