@@ -188,3 +188,10 @@ def test_sigterm_stops_cleanly_with_a_summary(
     assert owned_by(docker_client, proc.pid) == []
     done = completed_ids(out)
     assert 3 <= len(done) < len(jobs)
+
+
+def test_an_output_that_is_not_a_batch_result_is_named(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": "a", "status": "ok"}\nnot a result\n')
+    with pytest.raises(BatchInputError, match=f"{out}:2: not a result line"):
+        completed_ids(out)
