@@ -375,3 +375,19 @@ async def test_a_stopped_supervisor_is_a_scored_sandbox_error() -> None:
         assert time.monotonic() - t0 < 6
         again = await s.run("print('replaced')")
         assert again.stdout == "replaced\n"
+
+
+async def test_a_flood_on_the_control_pipe_does_not_grow_the_supervisor(pool: SandboxPool) -> None:
+    flood = (
+        "import os, sys\nfd = sys._getframe().f_back.f_globals['CTL_OUT']\n"
+        "chunk = b'x' * (1 << 20)\nfor _ in range(48):\n    os.write(fd, chunk)\nprint('flooded')"
+    )
+    peak = (
+        "import os\nprint([l.split()[1] for l in open(f'/proc/{os.getppid()}/status') "
+        "if l.startswith('VmHWM')][0])"
+    )
+    async with pool.session("ctl-flood") as s:
+        r = await s.run(flood, timeout=20)
+        seen = await s.run(peak)
+    assert r.stdout == "flooded\n", r
+    assert int(seen.stdout) < 40 << 10, seen  # kB: the supervisor never held the 48 MB
