@@ -32,7 +32,8 @@ from typing import Any
 import docker
 
 from sandbox import SandboxConfig, SandboxPool
-from sandbox.box import Channel, container_kwargs
+from sandbox.box import container_kwargs
+from sandbox.channel import Channel
 from sandbox.image import image_tag
 
 TRIVIAL = "print(1+1)"

@@ -16,6 +16,7 @@ from sandbox.results import (
     RunResult,
     RunStatus,
     SandboxError,
+    SandboxProtocolError,
     SandboxSelfTestFailed,
     SandboxUnavailable,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "SandboxConfig",
     "SandboxError",
     "SandboxPool",
+    "SandboxProtocolError",
     "SandboxSelfTestFailed",
     "SandboxSession",
     "SandboxUnavailable",

@@ -1,10 +1,20 @@
 """Batch sandbox jobs: JSONL in, JSONL out, resumable.
 
-Each input line is ``{"id", "code", "timeout"?, "files"?}`` and runs in its own fresh
-session. Each finished job is appended to the output as one line (the job's ``id`` plus
-the :class:`RunResult` fields) the moment it finishes, so a killed run loses at most the
-jobs in flight; re-running skips ids already in the output (a torn last line is cut off
-first). Jobs that could not get a sandbox are not written, so a re-run retries them.
+Each input line is one job, a JSON object with exactly these keys:
+
+* ``id`` (string or integer, unique): names the job in the output;
+* ``code`` (string): the Python cell to run;
+* ``timeout`` (positive number of seconds, optional): default the pool's;
+* ``files`` (object, optional): ``{"relative/path": "text", ...}``, written as UTF-8
+  under the working directory ``/tmp/work`` before the code runs.
+
+Any other key is an error (a misspelt ``"timout"`` must not silently run with the
+default). Each job runs in its own fresh session. Each finished job is appended to the
+output as one line (the job's ``id`` plus the :class:`RunResult` fields) the moment it
+finishes, so a killed run loses at most the jobs in flight; re-running skips ids already
+in the output (a torn last line is cut off first). Jobs that could not get a sandbox, or
+that were stopped by :func:`run_batch`'s ``stop`` event, are not written, so a re-run
+retries them.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -23,6 +34,8 @@ from typing import Any
 from sandbox.pool import SandboxPool
 from sandbox.results import RunResult, RunStatus, SandboxError, SandboxUnavailable
 
+JOB_KEYS = ("id", "code", "timeout", "files")
+
 
 class BatchInputError(ValueError):
     """The input file is malformed; the message names the line and the problem."""
@@ -30,7 +43,14 @@ class BatchInputError(ValueError):
 
 @dataclass(frozen=True)
 class Job:
-    """One batch job."""
+    """One batch job (see the module docstring for the input format).
+
+    Attributes:
+        id: the job's name in the output.
+        code: the Python cell to run.
+        timeout: seconds, or None for the pool's default.
+        files: relative path → text, written under ``/tmp/work`` before the code runs.
+    """
 
     id: str
     code: str
@@ -48,6 +68,12 @@ class BatchSummary:
     unavailable: list[str]
     durations_s: list[float]
     wall_s: float
+    interrupted: bool = False
+
+    @property
+    def not_run(self) -> int:
+        """Jobs of this run that were not written (no sandbox, or stopped): a re-run does them."""
+        return self.total - self.skipped - self.done
 
     @property
     def done(self) -> int:
@@ -78,10 +104,16 @@ def read_jobs(path: str | Path) -> list[Job]:
                     f"{where}: duplicate id {job_id!r} (first on line {seen[job_id]})"
                 )
             seen[job_id] = lineno
+            unknown = sorted(set(row) - set(JOB_KEYS))
+            if unknown:
+                raise BatchInputError(
+                    f"{where}: job {job_id!r}: unknown key {unknown[0]!r} "
+                    f"(a job has {', '.join(JOB_KEYS)})"
+                )
             if not isinstance(row.get("code"), str):
                 raise BatchInputError(f"{where}: job {job_id!r} has no 'code' string")
             timeout = row.get("timeout")
-            if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            if timeout is not None and not _positive_seconds(timeout):
                 raise BatchInputError(
                     f"{where}: job {job_id!r}: 'timeout' must be a positive number"
                 )
@@ -94,8 +126,21 @@ def read_jobs(path: str | Path) -> list[Job]:
     return jobs
 
 
+def _positive_seconds(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
 def completed_ids(out_path: str | Path) -> set[str]:
-    """Ids already in the output; cuts off a torn last line left by a killed run."""
+    """Ids already in the output; cuts off a torn last line left by a killed run.
+
+    Raises:
+        BatchInputError: a whole line of the output is not a result of a batch run.
+    """
     path = Path(out_path)
     if not path.exists():
         return set()
@@ -105,9 +150,15 @@ def completed_ids(out_path: str | Path) -> set[str]:
         with open(path, "r+b") as f:
             f.truncate(end)
     ids = set()
-    for line in data[:end].splitlines():
-        if line.strip():
+    for lineno, line in enumerate(data[:end].splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
             ids.add(str(json.loads(line)["id"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BatchInputError(
+                f"{out_path}:{lineno}: not a result line of a batch run; is this the right output file?"
+            ) from exc
     return ids
 
 
@@ -118,8 +169,13 @@ async def run_batch(
     *,
     concurrency: int = 8,
     on_result: Callable[[Job, RunResult | None], None] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> BatchSummary:
     """Runs the jobs not yet in ``out_path``, appending each result as it finishes.
+
+    Whatever a job's code does, its result is written: one job never aborts the batch.
+    When ``stop`` is set (say, on SIGTERM), no further job starts and running ones are
+    cancelled, their containers released; the summary says ``interrupted``.
 
     Raises:
         SandboxError: another batch run holds the output file.
@@ -162,9 +218,34 @@ async def run_batch(
             if on_result is not None:
                 on_result(job, result)
 
-        await asyncio.gather(*(one(j) for j in todo))
+        summary.interrupted = await _until_done_or_stopped(
+            [asyncio.ensure_future(one(j)) for j in todo], stop
+        )
         os.fsync(out.fileno())
     finally:
         out.close()
     summary.wall_s = time.monotonic() - t0
     return summary
+
+
+async def _until_done_or_stopped(
+    tasks: list[asyncio.Future[None]], stop: asyncio.Event | None
+) -> bool:
+    """Awaits ``tasks``; if ``stop`` is set first, cancels them and returns True."""
+    everything: asyncio.Future[Any] = asyncio.gather(*tasks)
+    stopped: asyncio.Future[Any] = asyncio.ensure_future(
+        stop.wait() if stop is not None else asyncio.Event().wait()
+    )
+    try:
+        await asyncio.wait({everything, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if everything.done():
+        await everything  # a bug in a job surfaces here rather than vanishing
+        return False
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait({everything})
+    if not everything.cancelled():
+        everything.exception()  # the cancellations it reports are ours: mark them seen
+    return True

@@ -1,10 +1,10 @@
-"""One live sandbox container and the channel to its supervisor.
+"""Sandbox containers: their hardened settings, the factory that starts them, a started one.
 
-The channel is a unix socket in a per-container host directory, bind-mounted read-only
-into the container. The host listens, the supervisor connects once at start-up and
-presents a one-time token; the host then closes the listener and unlinks the socket, so
-code in the container cannot open a second connection. This bypasses dockerd's attach
-proxy (about 0.25 ms per round trip on this class of machine).
+The channel to a container is a unix socket in a per-container host directory,
+bind-mounted read-only into the container. The host listens, the supervisor connects once
+at start-up and presents a one-time token; the host then closes the listener and unlinks
+the socket, so code in the container cannot open a second connection. This bypasses
+dockerd's attach proxy (about 0.25 ms per round trip on this class of machine).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,52 +23,11 @@ from typing import Any
 import docker
 from docker.types import Ulimit
 
+from sandbox.channel import STREAM_LIMIT, Channel
 from sandbox.config import SandboxConfig
 
-# Large enough for a file transfer of the default 64 MiB cap in base64.
-STREAM_LIMIT = 128 << 20
 MOUNT_POINT = "/run/spo"
-
-
-class ChannelClosed(ConnectionError):
-    """The supervisor's connection ended (container or supervisor died)."""
-
-
-class Channel:
-    """Request/response over one JSON-lines stream; one request at a time."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._lock = asyncio.Lock()
-        self._next_id = 0
-
-    async def request(self, msg: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Sends ``msg`` and returns the reply; raises ChannelClosed or TimeoutError."""
-        async with self._lock:
-            self._next_id += 1
-            msg = {**msg, "id": self._next_id}
-            try:
-                self._writer.write(json.dumps(msg).encode() + b"\n")
-                await self._writer.drain()
-                line = await asyncio.wait_for(self._reader.readline(), timeout)
-            except (ConnectionError, BrokenPipeError) as exc:
-                raise ChannelClosed(str(exc)) from exc
-            if not line:
-                raise ChannelClosed("the supervisor closed the connection")
-            reply: dict[str, Any] = json.loads(line)
-            if reply.get("id") != self._next_id:
-                raise ChannelClosed(f"out-of-order reply {reply.get('id')} for {self._next_id}")
-            return reply
-
-    @property
-    def closed(self) -> bool:
-        """True once the supervisor's side has ended or we closed it."""
-        return self._writer.is_closing() or self._reader.at_eof()
-
-    def close(self) -> None:
-        """Closes the stream (idempotent)."""
-        self._writer.close()
+RunBlocking = Callable[..., Awaitable[Any]]
 
 
 @dataclass
@@ -113,66 +72,142 @@ def container_kwargs(cfg: SandboxConfig, image: str) -> dict[str, Any]:
     }
 
 
-async def start_box(
-    client: docker.DockerClient,
-    cfg: SandboxConfig,
-    image: str,
-    sock_dir: Path,
-    name: str,
-    labels: dict[str, str],
-    run_blocking: Callable[..., Any],
-    overrides: dict[str, Any] | None = None,
-) -> Box:
-    """Starts one container and waits for its supervisor's hello.
+class ContainerFactory:
+    """Starts and removes the hardened containers of one pool (and of its self-test).
 
-    ``run_blocking(fn, *args)`` runs a Docker SDK call off the event loop. On any failure
-    the container (if created) is removed before the error propagates.
+    Args:
+        client: the Docker client.
+        config: the limits every container gets.
+        image: the image tag.
+        root: host directory for the per-container socket directories.
+        name_prefix: container names are ``<name_prefix>-<slot>``.
+        labels: labels every container carries (pool and owner, for reaping).
+        run_blocking: ``await run_blocking(fn, *args, **kwargs)`` runs a Docker SDK call
+            off the event loop.
+        overrides: extra ``containers.run`` arguments applied last (e.g. a ``runtime``);
+            the self-test proves the limits whatever they change.
     """
-    sock_dir.mkdir(parents=True, mode=0o755)
-    sock_path = sock_dir / "s.sock"
-    token = secrets.token_hex(16)
-    connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
-        asyncio.get_running_loop().create_future()
-    )
 
-    def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if connected.done():
-            writer.close()  # only the supervisor's first connection is served
-        else:
-            connected.set_result((reader, writer))
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        config: SandboxConfig,
+        image: str,
+        root: Path,
+        name_prefix: str,
+        labels: dict[str, str],
+        run_blocking: RunBlocking,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.client = client
+        self.config = config
+        self.image = image
+        self.root = root
+        self.name_prefix = name_prefix
+        self.labels = labels
+        self.overrides = dict(overrides or {})
+        self._run_blocking = run_blocking
+        self._creating: set[asyncio.Future[Any]] = set()
 
-    server = await asyncio.start_unix_server(on_connect, path=str(sock_path), limit=STREAM_LIMIT)
-    os.chmod(sock_path, 0o666)  # the container's unprivileged user must be able to connect
-    kwargs = container_kwargs(cfg, image)
-    kwargs["environment"] = {
-        **kwargs["environment"],
-        "SPO_SOCKET": f"{MOUNT_POINT}/s.sock",
-        "SPO_TOKEN": token,
-    }
-    kwargs.update(
-        name=name,
-        labels=labels,
-        volumes={str(sock_dir): {"bind": MOUNT_POINT, "mode": "ro"}},
-        **(overrides or {}),
-    )
-    container_id: str | None = None
+    async def start(self, slot: str) -> Box:
+        """Starts one container and waits for its supervisor's hello.
+
+        On any failure (or cancellation) the container, if it was created, is removed
+        before the error propagates.
+
+        Raises:
+            ConnectionError: the supervisor did not connect or said no proper hello.
+            docker.errors.DockerException, TimeoutError: the daemon failed or was too slow.
+        """
+        cfg = self.config
+        sock_dir = self.root / slot
+        sock_dir.mkdir(parents=True, mode=0o755)
+        sock_path = sock_dir / "s.sock"
+        token = secrets.token_hex(16)
+        connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+        def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if connected.done():
+                writer.close()  # only the supervisor's first connection is served
+            else:
+                connected.set_result((reader, writer))
+
+        server = await asyncio.start_unix_server(
+            on_connect, path=str(sock_path), limit=STREAM_LIMIT
+        )
+        os.chmod(sock_path, 0o666)  # the container's unprivileged user must be able to connect
+        kwargs = container_kwargs(cfg, self.image)
+        kwargs["environment"] = {
+            **kwargs["environment"],
+            "SPO_SOCKET": f"{MOUNT_POINT}/s.sock",
+            "SPO_TOKEN": token,
+        }
+        kwargs.update(
+            name=f"{self.name_prefix}-{slot}",
+            labels=self.labels,
+            volumes={str(sock_dir): {"bind": MOUNT_POINT, "mode": "ro"}},
+            **self.overrides,
+        )
+        container_id: str | None = None
+        try:
+            # The daemon call runs on in its thread if we are cancelled; settle() waits for
+            # it, so a pool that closes can still find and remove what it creates.
+            creating = asyncio.ensure_future(
+                self._run_blocking(self.client.containers.run, **kwargs)
+            )
+            self._creating.add(creating)
+            creating.add_done_callback(self._creating.discard)
+            container = await asyncio.shield(creating)
+            container_id = container.id
+            reader, writer = await asyncio.wait_for(connected, cfg.start_timeout_s)
+            try:
+                hello = await _read_hello(reader, cfg.start_timeout_s)
+            except ConnectionError:
+                writer.close()
+                raise
+            if hello.get("op") != "hello" or hello.get("token") != token:
+                writer.close()
+                raise ConnectionError("the sandbox supervisor presented a wrong token")
+            return Box(container_id, kwargs["name"], Channel(reader, writer), sock_dir)
+        except BaseException:
+            if container_id is not None:
+                await self._run_blocking(remove_container, self.client, container_id)
+            shutil.rmtree(sock_dir, ignore_errors=True)
+            raise
+        finally:
+            server.close()
+            sock_path.unlink(missing_ok=True)
+
+    async def remove(self, box: Box) -> None:
+        """Closes the box's channel and removes its container and socket directory."""
+        box.broken = True
+        box.channel.close()
+        try:
+            await self._run_blocking(remove_container, self.client, box.container_id)
+        finally:
+            shutil.rmtree(box.sock_dir, ignore_errors=True)
+
+    async def settle(self) -> None:
+        """Waits until no container creation is still running in a worker thread."""
+        await asyncio.gather(*self._creating, return_exceptions=True)
+
+
+async def _read_hello(reader: asyncio.StreamReader, timeout: float) -> dict[str, Any]:
     try:
-        container = await run_blocking(client.containers.run, **kwargs)
-        container_id = container.id
-        reader, writer = await asyncio.wait_for(connected, cfg.start_timeout_s)
-        hello = json.loads(await asyncio.wait_for(reader.readline(), cfg.start_timeout_s))
-        if hello.get("op") != "hello" or hello.get("token") != token:
-            writer.close()
-            raise ConnectionError("the sandbox supervisor presented a wrong token")
-        return Box(container_id, name, Channel(reader, writer), sock_dir)
-    except BaseException:
-        if container_id is not None:
-            await run_blocking(remove_container, client, container_id)
-        shutil.rmtree(sock_dir, ignore_errors=True)
-        raise
-    finally:
-        server.close()
-        sock_path.unlink(missing_ok=True)
+        line = await asyncio.wait_for(reader.readline(), timeout)
+    except ValueError as exc:  # longer than STREAM_LIMIT
+        raise ConnectionError("the sandbox supervisor sent an oversized hello") from exc
+    if not line:
+        raise ConnectionError("the sandbox supervisor exited before its hello")
+    try:
+        hello = json.loads(line)
+    except ValueError as exc:
+        raise ConnectionError("the sandbox supervisor's hello is not JSON") from exc
+    if not isinstance(hello, dict):
+        raise ConnectionError("the sandbox supervisor's hello is not an object")
+    return hello
 
 
 def remove_container(client: docker.DockerClient, container_id: str) -> None:

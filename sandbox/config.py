@@ -16,7 +16,7 @@ class SandboxConfig(BaseModel):
     self-test proves each of them.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     image: str = Field(
         DEFAULT_IMAGE, description="image tag; 'latest' resolves to the built recipe"
@@ -51,5 +51,6 @@ class SandboxConfig(BaseModel):
         5, ge=1, description="consecutive daemon errors that open the breaker"
     )
     breaker_cooldown_s: float = Field(5.0, gt=0)
-    reap_interval_s: float = Field(30.0, gt=0)
-    heartbeat_stale_s: float = Field(120.0, gt=0)
+    reap_interval_s: float = Field(
+        30.0, gt=0, description="how often dead pools' containers are removed"
+    )

@@ -1,10 +1,11 @@
-"""The asyncio sandbox pool: warm containers, sessions, backpressure, breaker, reaper.
+"""The asyncio sandbox pool: warm containers, sessions, backpressure, breaker, reaping.
 
 One hardened container per episode (single-use by default), taken from a warm pool and
 removed afterwards. ``reuse=True`` recycles a container only after the supervisor proves
-it clean (no process but itself and a fresh kernel, ``/tmp`` empty, limits unchanged).
-Several pools can share one daemon: containers carry the owning pool's id and owner
-process in their labels, and the reaper removes only those whose owner is dead.
+it clean (no process but itself, nothing in ``/tmp``, ``/dev/shm`` or ``/dev/mqueue``, no
+System V IPC object, limits unchanged). Several pools can share one daemon: containers
+carry the owning pool's id and owner process in their labels, and :mod:`sandbox.reaper`
+removes only those no live pool will use again.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import contextlib
 import functools
 import os
 import shutil
-import socket
 import tempfile
 import time
 import uuid
@@ -26,55 +26,29 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
-import psutil
 import requests
 
-from sandbox.box import Box, ChannelClosed, remove_container, start_box
+from sandbox import reaper
+from sandbox.box import Box, ContainerFactory
+from sandbox.channel import ChannelClosed
 from sandbox.config import SandboxConfig
 from sandbox.image import ensure_image, image_tag
 from sandbox.results import RunResult, RunStatus, SandboxError, SandboxUnavailable
+from sandbox.selftest import run_self_test, verify_scrub
 from sandbox.session import SandboxSession
 
 T = TypeVar("T")
-LABEL_POOL = "spo-gym.pool"
-LABEL_OWNER = "spo-gym.owner"
-LABEL_DIR = "spo-gym.pool-dir"
 # Errors that mean the daemon (not the code in a container) failed.
 DAEMON_ERRORS = (docker.errors.DockerException, requests.RequestException, OSError, TimeoutError)
 
 
 def runtime_root() -> Path:
-    """Host directory holding per-pool socket dirs and heartbeats (short: sun_path is 108 bytes)."""
+    """Host directory holding per-pool socket dirs (short: sun_path is 108 bytes)."""
     root = Path(
         os.environ.get("SPO_GYM_RUNTIME") or Path(tempfile.gettempdir()) / f"spo-gym-{os.getuid()}"
     )
     root.mkdir(mode=0o755, parents=True, exist_ok=True)
     return root
-
-
-def owner_label() -> str:
-    """``host:pid:start`` of this process; start time guards against pid reuse."""
-    me = psutil.Process()
-    return f"{socket.gethostname()}:{me.pid}:{me.create_time():.2f}"
-
-
-def owner_alive(label: str, heartbeat: Path | None, stale_s: float) -> bool:
-    """Whether the pool owning a container is still alive.
-
-    On this host: the owner pid must exist with the same start time. Elsewhere: the
-    pool's heartbeat file must be fresh (a pool on another host with a shared daemon).
-    """
-    host, _, rest = label.partition(":")
-    pid_text, _, start_text = rest.partition(":")
-    if host == socket.gethostname():
-        try:
-            proc = psutil.Process(int(pid_text))
-            return abs(proc.create_time() - float(start_text)) < 0.05
-        except (psutil.NoSuchProcess, ValueError):
-            return False
-    if heartbeat is None or not heartbeat.exists():
-        return False
-    return time.time() - heartbeat.stat().st_mtime < stale_s
 
 
 def _percentile(samples: Sequence[float], q: float) -> float:
@@ -169,6 +143,8 @@ class SandboxPool:
     Args:
         config: limits and pool behaviour; keyword overrides are applied on top.
         client: a Docker client; default ``docker.from_env()`` (or ``config.docker_url``).
+        container_overrides: extra ``containers.run`` arguments applied last, e.g.
+            ``{"runtime": "runsc"}``; the self-test still proves every limit.
     """
 
     def __init__(
@@ -176,7 +152,7 @@ class SandboxPool:
         config: SandboxConfig | None = None,
         *,
         client: docker.DockerClient | None = None,
-        _create_overrides: dict[str, Any] | None = None,
+        container_overrides: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> None:
         base = config or SandboxConfig()
@@ -186,8 +162,8 @@ class SandboxPool:
         self.pool_id = uuid.uuid4().hex[:12]
         self._client = client
         self._owns_client = client is None
-        self._create_overrides = _create_overrides  # testing seam for the self-test's own tests
-        self._image = ""
+        self._container_overrides = dict(container_overrides or {})
+        self._factory: ContainerFactory | None = None
         self._dir = runtime_root() / self.pool_id
         self._executor = ThreadPoolExecutor(self.config.max_concurrent_ops + 2, "spo-sandbox")
         self._ops = asyncio.Semaphore(self.config.max_concurrent_ops)
@@ -200,58 +176,100 @@ class SandboxPool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._breaker = _Breaker(self.config.breaker_threshold, self.config.breaker_cooldown_s)
         self._c = _Counters()
+        self._starting: asyncio.Task[None] | None = None
+        self._start_error: SandboxUnavailable | None = None
         self._started = False
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._labels = {
-            LABEL_POOL: self.pool_id,
-            LABEL_OWNER: owner_label(),
-            LABEL_DIR: str(self._dir),
-        }
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> SandboxPool:
         """Connects to the daemon, ensures the image, reaps orphans, self-tests, warms up.
 
+        Single-flight: concurrent callers (say, many first acquires of a lazily created
+        pool) share one start. A failed start is final: every later call raises the same
+        error at once, without touching the daemon again.
+
         Raises:
-            SandboxUnavailable: the daemon cannot be reached.
-            SandboxSelfTestFailed: a limit is silently not applied (fail closed).
+            SandboxUnavailable: the daemon cannot be reached, the image cannot be had, or
+                the pool was closed; :class:`SandboxSelfTestFailed` (a subclass) when a
+                limit is silently not applied (fail closed).
         """
+        if self._start_error is not None:
+            raise self._start_error.with_traceback(None)
         if self._started:
             return self
+        if self._closed:
+            raise SandboxUnavailable("the pool is closed")
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        try:
+            await asyncio.shield(self._starting)
+        except asyncio.CancelledError:
+            if self._starting.cancelled():  # close() stopped the start, not our caller
+                raise SandboxUnavailable("the pool was closed while it started") from None
+            raise
+        return self
+
+    async def _start(self) -> None:
+        try:
+            client = await self._connect()
+            image = await self._resolve_image(client)
+            self._dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+            self._factory = ContainerFactory(
+                client,
+                self.config,
+                image,
+                self._dir,
+                f"spo-gym-{self.pool_id}",
+                reaper.owner_labels(self.pool_id, self._dir),
+                self._blocking,
+                self._container_overrides,
+            )
+            await self.reap()
+            if self.config.self_test:
+                await run_self_test(self._factory)
+        except SandboxUnavailable as exc:
+            raise self._start_failed(exc) from None
+        except (*DAEMON_ERRORS, SandboxError) as exc:
+            error = SandboxUnavailable(f"the sandbox pool could not start: {exc}")
+            raise self._start_failed(error) from exc
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        self._spawn(self._filler())
+        self._spawn(self._housekeeping())
+        self._kick.set()
+
+    def _start_failed(self, error: SandboxUnavailable) -> SandboxUnavailable:
+        """Remembers why the start failed (for every later caller) and lets go of the client."""
+        self._start_error = error
+        if self._owns_client and self._client is not None:
+            self._client.close()
+            self._client = None
+        return error
+
+    async def _connect(self) -> docker.DockerClient:
         try:
             if self._client is None:
                 url = self.config.docker_url
                 self._client = await self._blocking(
                     (lambda: docker.DockerClient(base_url=url)) if url else docker.from_env
                 )
-            await self._blocking(self.client.ping)
+            client: docker.DockerClient = self._client
+            await self._blocking(client.ping)
         except DAEMON_ERRORS as exc:
-            if self._owns_client and self._client is not None:
-                self._client.close()
-                self._client = None
             raise SandboxUnavailable(f"cannot reach the Docker daemon: {exc}") from exc
-        self._image = await self._resolve_image()
-        self._dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        self._touch_heartbeat()
-        await self.reap()
-        if self.config.self_test:
-            from sandbox.selftest import run_self_test
-
-            await run_self_test(self)
-        self._started = True
-        self._loop = asyncio.get_running_loop()
-        self._spawn(self._filler())
-        self._spawn(self._housekeeping())
-        self._kick.set()
-        return self
+        return client
 
     async def close(self) -> None:
         """Removes every container of this pool and stops background work."""
         if self._closed:
             return
         self._closed = True
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            await asyncio.gather(self._starting, return_exceptions=True)
         for fut in self._waiters:
             if not fut.done():
                 fut.set_exception(SandboxUnavailable("the pool is closing"))
@@ -261,9 +279,14 @@ class SandboxPool:
         boxes = list(self._boxes.values())
         self._ready.clear()
         await asyncio.gather(*(self._destroy(b) for b in boxes), return_exceptions=True)
+        if self._factory is not None:
+            # A creation cut short by the close still runs in its worker thread: wait for
+            # it, then find what it created by label.
+            await self._factory.settle()
         if self._client is not None:
-            # Containers whose creation was cut short by the close are found by label.
-            await self._blocking(self._remove_by_label, {LABEL_POOL: self.pool_id})
+            await self._blocking(
+                reaper.remove_by_label, self._client, {reaper.LABEL_POOL: self.pool_id}
+            )
             if self._owns_client:
                 self._client.close()
         shutil.rmtree(self._dir, ignore_errors=True)
@@ -274,7 +297,7 @@ class SandboxPool:
         pool it needs is already shut down): removes this pool's containers by label."""
         self._closed = True
         if self._client is not None:
-            self._remove_by_label({LABEL_POOL: self.pool_id})
+            reaper.remove_by_label(self._client, {reaper.LABEL_POOL: self.pool_id})
         shutil.rmtree(self._dir, ignore_errors=True)
 
     async def __aenter__(self) -> SandboxPool:
@@ -297,8 +320,15 @@ class SandboxPool:
 
     @property
     def image(self) -> str:
-        """The image tag this pool runs."""
-        return self._image
+        """The image tag this pool runs (known after :meth:`start`)."""
+        return self._factory.image if self._factory is not None else ""
+
+    @property
+    def factory(self) -> ContainerFactory:
+        """The factory that starts this pool's containers (available after :meth:`start`)."""
+        if self._factory is None:
+            raise SandboxError("the pool has not been started")
+        return self._factory
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -318,15 +348,15 @@ class SandboxPool:
         """
         sess = SandboxSession(
             self,
+            await self.acquire(acquire_timeout_s),
             episode_id or uuid.uuid4().hex[:12],
             stateless=self.config.stateless if stateless is None else stateless,
             echo_last_expr=self.config.echo_last_expr if echo_last_expr is None else echo_last_expr,
         )
-        await sess._attach(await self.acquire(acquire_timeout_s))
         try:
             yield sess
         finally:
-            await sess._detach()
+            await sess.release()
 
     async def run_many(
         self,
@@ -338,7 +368,8 @@ class SandboxPool:
         """Runs each job in its own fresh session; results in input order.
 
         A job is a code string or ``{"code", "timeout"?, "files"?}`` (files: path → text).
-        A job that could not get a sandbox yields a ``sandbox_error`` result saying so.
+        A job that could not get a sandbox yields a ``sandbox_error`` result saying so; one
+        whose files could not be written yields an ``error`` result.
         """
         sem = asyncio.Semaphore(concurrency)
         results: list[RunResult | None] = [None] * len(jobs)
@@ -356,6 +387,8 @@ class SandboxPool:
                     res = RunResult(
                         RunStatus.SANDBOX_ERROR, exc_type="SandboxUnavailable", exc_message=str(exc)
                     )
+                except SandboxError as exc:  # a file could not be written
+                    res = RunResult(RunStatus.ERROR, exc_type="FileError", exc_message=str(exc))
             results[i] = res
             if on_result is not None:
                 on_result(i, res)
@@ -446,18 +479,21 @@ class SandboxPool:
         self._ready.append(box)
 
     async def _recycle(self, box: Box) -> None:
-        from sandbox.selftest import verify_scrub
-
+        clean = False
         try:
             reply = await box.channel.request({"op": "scrub"}, self.config.start_timeout_s)
             verify_scrub(reply, self.config)
+            clean = True
         except (ChannelClosed, TimeoutError, SandboxError) as exc:
-            box.broken = True
             self._c.runs["scrub_failed:" + type(exc).__name__] += 1
-            await self._destroy(box)
-            return
-        self._c.reused += 1
-        self._hand_over(box)
+        finally:
+            # Whatever happened, the container is either served again or removed: it never
+            # stays counted against max_containers without being usable.
+            if clean and not self._closed:
+                self._c.reused += 1
+                self._hand_over(box)
+            else:
+                await self._destroy(box)
 
     # -- container management -------------------------------------------------------------------
 
@@ -481,18 +517,8 @@ class SandboxPool:
         t0 = time.monotonic()
         try:
             async with self._ops:
-                slot = uuid.uuid4().hex[:10]
-                box = await start_box(
-                    self.client,
-                    self.config,
-                    self._image,
-                    self._dir / slot,
-                    f"spo-gym-{self.pool_id}-{slot}",
-                    self._labels,
-                    self._blocking,
-                    self._create_overrides,
-                )
-        except (*DAEMON_ERRORS, ConnectionError) as exc:
+                box = await self.factory.start(uuid.uuid4().hex[:10])
+        except DAEMON_ERRORS as exc:  # ConnectionError (no proper hello) is an OSError
             self._c.create_failures += 1
             self._breaker.failure(f"{type(exc).__name__}: {exc}")
             if self._breaker.open:
@@ -529,16 +555,16 @@ class SandboxPool:
             self._ready.remove(box)
         try:
             async with self._ops:
-                await self._blocking(remove_container, self.client, box.container_id)
+                await self.factory.remove(box)
             self._c.removed += 1
         except DAEMON_ERRORS:
             pass  # the reaper removes it once the daemon answers again (labels survive)
         finally:
-            shutil.rmtree(box.sock_dir, ignore_errors=True)
             self._kick.set()
 
-    def _replace_broken(self, box: Box) -> None:
-        """A session's container died: drop it now, a fresh one replaces it."""
+    def discard(self, box: Box) -> None:
+        """A container failed while in use (died, hung, broke the protocol): it is removed
+        now and a fresh one replaces it."""
         self._c.replaced += 1
         self._in_use -= 1
         self._spawn(self._destroy(box))
@@ -546,62 +572,32 @@ class SandboxPool:
     # -- reaping & housekeeping ---------------------------------------------------------------
 
     async def reap(self) -> int:
-        """Removes containers of dead pools (any pool on this daemon) and our exited ones."""
+        """Removes containers no live pool will use again (see :mod:`sandbox.reaper`)."""
         try:
-            n = await self._blocking(self._reap_sync)
+            n = await self._blocking(reaper.reap, self.client, self.pool_id)
         except DAEMON_ERRORS:
             return 0
         self._c.reaped += n
         return n
 
-    def _reap_sync(self) -> int:
-        removed = 0
-        for c in self.client.api.containers(all=True, filters={"label": LABEL_POOL}):
-            labels = c.get("Labels") or {}
-            mine = labels.get(LABEL_POOL) == self.pool_id
-            if mine:
-                # Ours but stopped (e.g. the daemon restarted): nothing will use it again.
-                dead = c.get("State") in ("exited", "dead")
-            else:
-                pool_dir = labels.get(LABEL_DIR)
-                heartbeat = Path(pool_dir) / "heartbeat" if pool_dir else None
-                dead = not owner_alive(
-                    labels.get(LABEL_OWNER, ""), heartbeat, self.config.heartbeat_stale_s
-                )
-            if dead:
-                remove_container(self.client, c["Id"])
-                if not mine and labels.get(LABEL_DIR):
-                    shutil.rmtree(labels[LABEL_DIR], ignore_errors=True)
-                removed += 1
-        return removed
-
-    def _remove_by_label(self, labels: dict[str, str]) -> None:
-        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
-        for c in self.client.api.containers(all=True, filters=filters):
-            remove_container(self.client, c["Id"])
-
     async def _housekeeping(self) -> None:
         while True:
-            await asyncio.sleep(min(self.config.reap_interval_s, self.config.heartbeat_stale_s / 4))
-            self._touch_heartbeat()
+            await asyncio.sleep(self.config.reap_interval_s)
             await self.reap()
             # Warm containers whose supervisor died while idle are replaced.
             for box in [b for b in self._ready if b.channel.closed]:
                 await self._destroy(box)
 
-    def _touch_heartbeat(self) -> None:
-        (self._dir / "heartbeat").touch()
-
     # -- helpers -----------------------------------------------------------------------------------
 
-    async def _resolve_image(self) -> str:
+    async def _resolve_image(self, client: docker.DockerClient) -> str:
         image = self.config.image
         if image in ("spo-gym-sandbox:latest", "spo-gym-sandbox", ""):
             image = image_tag()
             try:
-                self.client.images.get(image)
+                await self._blocking(client.images.get, image)
             except docker.errors.ImageNotFound:
-                await self._blocking(functools.partial(ensure_image, self.client))
+                await self._blocking(functools.partial(ensure_image, client))
         return image
 
     async def _blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -613,7 +609,8 @@ class SandboxPool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _record_run(self, result: RunResult, wall_s: float) -> None:
+    def record_run(self, result: RunResult, wall_s: float) -> None:
+        """Counts one finished cell (sessions report each run here)."""
         self._c.runs[result.status.value] += 1
         self._c.run_ms.append(wall_s * 1e3)
 

@@ -1,36 +1,86 @@
 """Fail-closed start-up check: prove every limit in a real container before serving.
 
 A Docker daemon can silently ignore a limit (no swap accounting, a missing cgroup
-controller, a rootless setup). Rather than trust the flags, the pool starts one container
-with its exact configuration and exercises each limit from inside. If any is not in
-force, the pool refuses to serve and says which. Results are cached per process for a
-given daemon, image and configuration, so many pools in one process pay once.
+controller, a rootless setup), and a container can run with other settings than asked
+for. Rather than trust the flags, the pool starts one container with its exact settings
+and looks at each limit from inside: the probe reads what the kernel enforces (cgroup
+files, mounts, rlimits, PID 1) and exercises what can be exercised (file size, open
+files, processes, network, a memory bomb). If anything is not as configured, the pool
+refuses to serve and says what. Results are cached per process for a given daemon, image
+and settings, so many pools in one process pay once.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sandbox.box import Box, remove_container, start_box
+from sandbox.box import Box, ContainerFactory
 from sandbox.config import SandboxConfig
 from sandbox.results import RunResult, RunStatus, SandboxError, SandboxSelfTestFailed
 
-if TYPE_CHECKING:
-    from sandbox.pool import SandboxPool
-
 _PASSED: set[str] = set()
+MB = 1 << 20
 
 # Each probe prints one JSON line; the host checks it against the configuration.
 PROBE = r"""
-import errno, json, os, socket, threading, time
+import ctypes, errno, json, os, socket, threading, time
 out = {}
 status = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
 out["uid"] = os.getuid()
 out["cap_eff"] = int(status["CapEff"].strip(), 16)
 out["no_new_privs"] = status.get("NoNewPrivs", "0").strip()
+
+
+def first(*paths):
+    for path in paths:
+        try:
+            with open(path) as f:
+                return f.read().split()
+        except OSError:
+            pass
+    return None
+
+
+cg = "/sys/fs/cgroup/"
+cpu = first(cg + "cpu.max")
+if cpu is None:  # cgroup v1
+    quota, period = first(cg + "cpu/cpu.cfs_quota_us"), first(cg + "cpu/cpu.cfs_period_us")
+    cpu = [quota[0], period[0]] if quota and period else None
+out["cpus"] = None if cpu is None or cpu[0] in ("max", "-1") else int(cpu[0]) / int(cpu[1])
+memory = first(cg + "memory.max")
+if memory is not None:
+    swap = first(cg + "memory.swap.max")
+    out["memory_max"] = None if memory[0] == "max" else int(memory[0])
+    out["swap_max"] = None if swap is None or swap[0] == "max" else int(swap[0])
+else:  # cgroup v1: memory+swap as one limit
+    memory = first(cg + "memory/memory.limit_in_bytes")
+    both = first(cg + "memory/memory.memsw.limit_in_bytes")
+    out["memory_max"] = int(memory[0]) if memory else None
+    out["swap_max"] = int(both[0]) - int(memory[0]) if memory and both else None
+meminfo = dict(l.split(":", 1) for l in open("/proc/meminfo").read().splitlines() if ":" in l)
+out["host_swap_kb"] = int(meminfo.get("SwapTotal", "0 kB").split()[0])
+mounts = [l.split() for l in open("/proc/mounts").read().splitlines()]
+tmp = [m for m in mounts if m[1] == "/tmp"]
+out["tmp_mount"] = [tmp[-1][2], tmp[-1][3].split(",")] if tmp else None
+vfs = os.statvfs("/tmp")
+out["tmp_bytes"] = vfs.f_blocks * vfs.f_frsize
+out["pid1"] = open("/proc/1/comm").read().strip()
+supervisor = os.getppid()
+out["supervisor_pid"] = supervisor
+try:
+    open("/proc/%d/environ" % supervisor, "rb").read()
+    out["supervisor_environ"] = "readable"
+except OSError as e:
+    out["supervisor_environ"] = errno.errorcode.get(e.errno, str(e.errno))
+libc = ctypes.CDLL(None, use_errno=True)
+pidfd = os.pidfd_open(supervisor)
+fd = libc.syscall(438, pidfd, 0, 0)  # pidfd_getfd: a descriptor of the supervisor
+out["supervisor_getfd"] = "taken" if fd >= 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+if fd >= 0:
+    os.close(fd)
+os.close(pidfd)
 try:
     open("/opt/spo-gym/probe", "w")
     out["rootfs"] = "writable"
@@ -79,6 +129,16 @@ for t in threads:
 print(json.dumps(out))
 """
 
+
+def probe_code(cfg: SandboxConfig) -> str:
+    """The limit probe for ``cfg``: a cell that prints one JSON object for :func:`check_probe`."""
+    return (
+        PROBE.replace("FSIZE_MB", str(cfg.fsize_mb))
+        .replace("NOFILE", str(cfg.nofile))
+        .replace("PIDS", str(cfg.pids_limit))
+    )
+
+
 MEMORY_BOMB = "chunks = []\nwhile True:\n    chunks.append(bytearray(64 << 20))\n"
 
 
@@ -91,6 +151,34 @@ def check_probe(data: dict[str, Any], cfg: SandboxConfig) -> list[str]:
         problems.append(f"capabilities are not dropped (CapEff={data['cap_eff']:#x})")
     if data["no_new_privs"] != "1":
         problems.append("no-new-privileges is not set")
+    if data["cpus"] is None or abs(data["cpus"] - cfg.cpus) > 0.01:
+        problems.append(f"the CPU quota is not applied ({data['cpus']} CPUs, not {cfg.cpus})")
+    if data["memory_max"] != cfg.memory_mb * MB:
+        problems.append(
+            f"the memory limit is {data['memory_max']} bytes, not {cfg.memory_mb} MB "
+            "(an out-of-memory kill elsewhere would look like this limit working)"
+        )
+    if data["swap_max"] != 0 and not (data["swap_max"] is None and data["host_swap_kb"] == 0):
+        problems.append(
+            f"swap is not disabled (memory+swap must equal memory; swap limit {data['swap_max']})"
+        )
+    fstype, options = data["tmp_mount"] or (None, [])
+    if (
+        fstype != "tmpfs"
+        or not {"rw", "nosuid", "nodev"} <= set(options)
+        or data["tmp_bytes"] != cfg.tmpfs_mb * MB
+    ):
+        problems.append(
+            f"/tmp is not a {cfg.tmpfs_mb} MB tmpfs mounted rw,nosuid,nodev "
+            f"({fstype} {','.join(options)}, {data['tmp_bytes']} bytes)"
+        )
+    if data["pid1"] not in ("docker-init", "tini") or data["supervisor_pid"] == 1:
+        problems.append(f"the init process is missing (PID 1 is {data['pid1']!r})")
+    if data["supervisor_environ"] not in ("EACCES", "EPERM") or data["supervisor_getfd"] == "taken":
+        problems.append(
+            "the supervisor is dumpable by the sandboxed code (its environment: "
+            f"{data['supervisor_environ']}, pidfd_getfd: {data['supervisor_getfd']})"
+        )
     if data["rootfs"] != "EROFS":
         problems.append(f"the root filesystem is not read-only ({data['rootfs']})")
     if data["interfaces"] != ["lo"] or data["net"] == "connected":
@@ -109,71 +197,72 @@ def check_probe(data: dict[str, Any], cfg: SandboxConfig) -> list[str]:
 
 
 def verify_scrub(reply: dict[str, Any], cfg: SandboxConfig) -> None:
-    """Raises SandboxError unless a scrub left the container provably clean."""
+    """Raises SandboxError unless a scrub left the container provably clean.
+
+    Clean: no process but init and the supervisor, nothing in ``/tmp``, ``/dev/shm`` or
+    ``/dev/mqueue``, no System V IPC object, and the rlimits as configured.
+    """
     if reply.get("op") != "scrubbed":
-        raise SandboxError(f"scrub failed: {reply.get('message', reply.get('op'))}")
-    if reply["stray_pids"]:
-        raise SandboxError(f"processes survived the scrub: {reply['stray_pids']}")
-    if reply["tmp_entries"] not in ([], ["work"]):
-        raise SandboxError(f"/tmp is not empty after the scrub: {reply['tmp_entries']}")
-    limits = reply["limits"]
-    if limits["nofile"] != cfg.nofile or limits["fsize"] != cfg.fsize_mb << 20:
-        raise SandboxError(f"limits changed inside the container: {limits}")
+        raise SandboxError(f"scrub failed: {str(reply.get('message', reply.get('op')))[:200]}")
+    expected = {
+        "stray_pids": [],
+        "leftovers": {"/tmp": [], "/dev/shm": [], "/dev/mqueue": []},
+        "sysv": {"shm": 0, "sem": 0, "msg": 0},
+        "limits": {"nofile": cfg.nofile, "fsize": cfg.fsize_mb * MB},
+    }
+    found = {key: reply.get(key) for key in expected}
+    if isinstance(found["limits"], dict):
+        found["limits"] = {k: found["limits"].get(k) for k in expected["limits"]}
+    if found != expected:
+        raise SandboxError(f"the container is not clean after a scrub: {str(found)[:500]}")
 
 
-async def _run(box: Box, code: str, timeout: float) -> RunResult:
+async def _run(box: Box, code: str, timeout: float, max_chars: int) -> RunResult:
     reply = await box.channel.request({"op": "run", "code": code, "timeout": timeout}, timeout + 30)
-    return RunResult.from_wire(reply)
+    return RunResult.from_wire(reply, max_chars)
 
 
-async def run_self_test(pool: SandboxPool) -> None:
-    """Starts one container with the pool's exact settings and proves every limit.
+async def run_self_test(factory: ContainerFactory) -> None:
+    """Starts one container with the factory's exact settings and proves every limit.
 
     Raises:
         SandboxSelfTestFailed: naming each limit that is not in force.
     """
-    cfg = pool.config
+    cfg = factory.config
     key = json.dumps(
-        [str(pool.client.api.base_url), pool.image, cfg.model_dump(), repr(pool._create_overrides)],
+        [
+            str(factory.client.api.base_url),
+            factory.image,
+            cfg.model_dump(),
+            repr(factory.overrides),
+        ],
         sort_keys=True,
         default=str,
     )
     if key in _PASSED:
         return
-    slot = "selftest-" + uuid.uuid4().hex[:8]
-    box = await start_box(
-        pool.client,
-        cfg,
-        pool.image,
-        pool._dir / slot,
-        f"spo-gym-{pool.pool_id}-{slot}",
-        pool._labels,
-        pool._blocking,
-        pool._create_overrides,
-    )
+    box = await factory.start("selftest-" + uuid.uuid4().hex[:8])
+    max_chars = 4 * cfg.output_keep_bytes + 1024
     try:
-        code = (
-            PROBE.replace("FSIZE_MB", str(cfg.fsize_mb))
-            .replace("NOFILE", str(cfg.nofile))
-            .replace("PIDS", str(cfg.pids_limit))
-        )
-        probe = await _run(box, code, 60)
-        if probe.status is not RunStatus.OK:
-            raise SandboxSelfTestFailed(f"the limit probe did not run: {probe.observation()}")
-        problems = check_probe(json.loads(probe.stdout.strip().splitlines()[-1]), cfg)
-        bomb = await _run(box, MEMORY_BOMB, 60)
+        probe = await _run(box, probe_code(cfg), 60, max_chars)
+        try:
+            data = json.loads(probe.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise SandboxSelfTestFailed(
+                f"the limit probe did not run: {probe.observation()[-2000:]}"
+            ) from None
+        problems = check_probe(data, cfg)
+        bomb = await _run(box, MEMORY_BOMB, 60, max_chars)
         if bomb.status is not RunStatus.OOM:
             problems.append(
                 f"a memory bomb was not stopped as out-of-memory at {cfg.memory_mb} MB "
                 f"(status {bomb.status.value}: {bomb.exc_message})"
             )
-        after = await _run(box, "print('alive')", 30)
+        after = await _run(box, "print('alive')", 30, max_chars)
         if after.stdout.strip() != "alive":
             problems.append("the kernel did not recover after the memory limit was hit")
     finally:
-        box.channel.close()
-        await pool._blocking(remove_container, pool.client, box.container_id)
-        shutil.rmtree(box.sock_dir, ignore_errors=True)
+        await factory.remove(box)
     if problems:
         raise SandboxSelfTestFailed(
             "the sandbox refuses to serve; limits not in force: " + "; ".join(problems)

@@ -6,138 +6,55 @@ line each way) and executes requests:
 
     {"op": "run", "code": str, "timeout": float, "stateless": bool, "echo": bool}
     {"op": "reset"} | {"op": "put", "path", "data_b64"} | {"op": "get", "path"}
-    {"op": "scrub"} | {"op": "probe"} | {"op": "ping"}
+    {"op": "scrub"}
 
-The kernel is a child process in its own process group, speaking to the supervisor over
-a private pipe pair (fds 3/4 in the kernel); its stdout/stderr are pipes the supervisor
-drains continuously, keeping a head and a tail per stream. Timeouts are enforced here,
-not on the host: SIGINT (so the traceback shows where the code was stuck), a grace
-period, then SIGKILL of the whole process group and a fresh kernel.
+The kernel is a child process in its own session, speaking to the supervisor over a
+private pipe pair; its stdout/stderr are pipes the supervisor drains continuously,
+keeping a head and a tail per stream. Timeouts are enforced here, not on the host:
+SIGINT (so the traceback shows where the code was stuck), a grace period, then SIGKILL.
 
-The kernel source is embedded (``KERNEL_SOURCE``) so one file carries the whole runtime.
+Code in the kernel runs as the supervisor's own user, so the supervisor guards itself:
+it is not dumpable (no ``/proc/<pid>/environ``, ptrace or ``pidfd_getfd`` from the cell)
+and it is the child subreaper of everything the cell starts, so a process that leaves
+the kernel's session (``setsid``, a double fork) is still its descendant. Whenever a
+kernel is replaced, every descendant is killed: no process of a cell outlives its kernel.
+What the kernel reports is checked like any other input from the cell.
+
+The kernel itself is ``kernel.py`` next to this file.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
+import fcntl
 import json
+import math
 import os
 import select
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 WORKDIR = os.environ.get("SPO_WORKDIR", "/tmp/work")
-KERNEL_CTL_IN = 3  # kernel reads requests here
-KERNEL_CTL_OUT = 4  # kernel writes results here
+KERNEL_CTL_IN = 3  # the kernel receives its control pipe here, then moves it
+KERNEL_CTL_OUT = 4
+KERNEL_STATUSES = ("ok", "error", "interrupted")
+EXC_TYPE_KEEP = 128
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+IPC_RMID = 0
+# Directories a cell can write to; a reused container must find them empty.
+WRITABLE_DIRS = ("/tmp", "/dev/shm", "/dev/mqueue")
+SYSV_KINDS = ("shm", "sem", "msg")
+LIBC = ctypes.CDLL(None, use_errno=True)
 
-KERNEL_SOURCE = r"""
-import ast, io, json, linecache, os, signal, sys, traceback
-
-CTL_IN = os.fdopen(3, "rb", buffering=0)
-CTL_OUT = 4
-SAVED_STDOUT = os.dup(1)
-SAVED_STDERR = os.dup(2)
-os.set_inheritable(SAVED_STDOUT, False)
-os.set_inheritable(SAVED_STDERR, False)
-KERNEL_PID = os.getpid()
-DEVNULL = open(os.devnull)
-NS = {"__name__": "__main__", "__builtins__": __builtins__}
-COUNTER = [0]
-try:
-    with open("/proc/self/oom_score_adj", "w") as f:
-        f.write("1000")  # the kernel, not the supervisor, is the OOM killer's first choice
-except OSError:
-    pass
-
-
-def reply(obj):
-    if os.getpid() != KERNEL_PID:
-        os._exit(0)  # a process the cell forked must never answer for the kernel
-    data = (json.dumps(obj) + "\n").encode()
-    view = memoryview(data)
-    while view:
-        n = os.write(CTL_OUT, view)
-        view = view[n:]
-
-
-def read_request():
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = CTL_IN.read(65536)
-        if not chunk:
-            sys.exit(0)
-        buf += chunk
-    return json.loads(buf)
-
-
-def restore_stdio():
-    # User code may close or redirect fds 1/2 or replace sys.stdout; each cell starts clean.
-    os.dup2(SAVED_STDOUT, 1)
-    os.dup2(SAVED_STDERR, 2)
-    # Unbuffered all the way down: nothing a failed write leaves behind can surface later.
-    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
-                                  errors="backslashreplace", write_through=True)
-    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
-                                  errors="backslashreplace", write_through=True)
-    sys.stdin = DEVNULL  # opened once: a cell that exhausts fds must not break the kernel
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def user_traceback(exc):
-    tb = exc.__traceback__
-    # Drop the kernel's own frames: the model should see only its code.
-    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell"):
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
-
-
-def compile_cell(code, echo):
-    COUNTER[0] += 1
-    name = "<cell-%d>" % COUNTER[0]
-    linecache.cache[name] = (len(code), None, code.splitlines(True), name)
-    tree = ast.parse(code, name, "exec")
-    last = None
-    if echo and tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = ast.Expression(tree.body.pop().value)
-    body = compile(tree, name, "exec")
-    return body, (compile(last, name, "eval") if last is not None else None)
-
-
-def run(req):
-    restore_stdio()
-    result = {"op": "done", "nonce": req.get("nonce"), "status": "ok", "exc_type": None, "exc_message": None, "traceback": None}
-    try:
-        body, last = compile_cell(req["code"], req.get("echo", False))
-        exec(body, NS)
-        if last is not None:
-            value = eval(last, NS)
-            if value is not None:
-                print(repr(value))
-    except BaseException as exc:  # the cell's failure is the result, whatever it is
-        result["status"] = "error"
-        result["exc_type"] = type(exc).__name__
-        result["exc_message"] = str(exc)
-        result["traceback"] = user_traceback(exc)
-        if isinstance(exc, KeyboardInterrupt):
-            result["status"] = "interrupted"
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-    reply(result)
-
-
-reply({"op": "ready", "pid": os.getpid()})
-while True:
-    run(read_request())
-"""
+# Run with -c (not as a script) so that the working directory is on sys.path, as in a REPL.
+KERNEL_SOURCE = Path(__file__).with_name("kernel.py").read_text()
 
 
 class OutputBuffer:
@@ -170,6 +87,34 @@ class OutputBuffer:
         return head + marker + tail, True
 
 
+class LineBuffer:
+    """Splits the kernel's control stream into lines, dropping any line longer than ``cap``.
+
+    The kernel's own replies are clipped well below the cap, so only bytes the cell wrote
+    itself are ever dropped, and the supervisor's memory stays bounded whatever it writes.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.data = bytearray()
+        self.skipping = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self.data += chunk
+        lines = []
+        while (end := self.data.find(b"\n")) >= 0:
+            line = bytes(self.data[:end])
+            del self.data[: end + 1]
+            if self.skipping:
+                self.skipping = False
+            else:
+                lines.append(line)
+        if len(self.data) > self.cap:
+            self.data.clear()
+            self.skipping = True
+        return lines
+
+
 def read_oom_kills() -> int | None:
     """The container cgroup's OOM-kill counter (v2 memory.events, or v1 memory.oom_control)."""
     for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
@@ -184,74 +129,112 @@ def read_oom_kills() -> int | None:
     return None
 
 
+class KernelStartError(Exception):
+    """A kernel process could not be started."""
+
+
 class Kernel:
     """One Python kernel process and its pipes."""
 
-    def __init__(self) -> None:
-        os.makedirs(WORKDIR, exist_ok=True)
-        ctl_in_r, ctl_in_w = os.pipe()
-        ctl_out_r, ctl_out_w = os.pipe()
-        env = dict(os.environ)
-        env.pop("SPO_SOCKET", None)
-        env.pop("SPO_TOKEN", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-c", KERNEL_SOURCE],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=(KERNEL_CTL_IN, KERNEL_CTL_OUT),
-            preexec_fn=lambda: _remap_fds(ctl_in_r, ctl_out_w),
-            start_new_session=True,
-            cwd=WORKDIR,
-            env=env,
-        )
-        os.close(ctl_in_r)
-        os.close(ctl_out_w)
-        self.ctl_w = ctl_in_w
-        self.ctl_r = ctl_out_r
-        self.ctl_buf = b""
-        self.out = self.proc.stdout.fileno()  # type: ignore[union-attr]
-        self.err = self.proc.stderr.fileno()  # type: ignore[union-attr]
+    def __init__(self, keep: int) -> None:
+        try:
+            os.makedirs(WORKDIR, exist_ok=True)
+            self._spawn()
+        except OSError as exc:
+            raise KernelStartError(f"{type(exc).__name__}: {exc}") from exc
+        self.used = False
+        self.status: int | None = None
+        self.ctl = LineBuffer(12 * (4 * keep + EXC_TYPE_KEEP + 1024))
+        if self._read_ready(time.monotonic() + 30) is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.close()
+            raise KernelStartError("the kernel process did not report ready")
+
+    def _spawn(self) -> None:
+        ctl_in_r, self.ctl_w = os.pipe()
+        self.ctl_r, ctl_out_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        # The child's ends go above 10 first so that placing them on 1-4 overwrites nothing.
+        child = [_move_high(fd) for fd in (out_w, err_w, ctl_in_r, ctl_out_w)]
+        env = {k: v for k, v in os.environ.items() if k not in ("SPO_SOCKET", "SPO_TOKEN")}
+        env["SPO_WORKDIR"] = WORKDIR
+        try:
+            self.pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-u", "-c", KERNEL_SOURCE],
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, child[0], 1),
+                    (os.POSIX_SPAWN_DUP2, child[1], 2),
+                    (os.POSIX_SPAWN_DUP2, child[2], KERNEL_CTL_IN),
+                    (os.POSIX_SPAWN_DUP2, child[3], KERNEL_CTL_OUT),
+                ],
+                setsid=True,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            )
+        except OSError:
+            for fd in (self.ctl_w, self.ctl_r, out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in child:
+                os.close(fd)
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except OSError:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            raise
+        self.out, self.err = out_r, err_r
         for fd in (self.out, self.err, self.ctl_r):
             os.set_blocking(fd, False)
-        ready = self.read_ctl(deadline=time.monotonic() + 30)
-        if not ready or ready.get("op") != "ready":
-            raise RuntimeError("kernel failed to start")
 
-    def read_ctl(self, deadline: float) -> dict | None:
-        """Blocks for one control message (used only at start-up)."""
-        while b"\n" not in self.ctl_buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            r, _, _ = select.select([self.ctl_r], [], [], left)
-            if r:
+    def _read_ready(self, deadline: float) -> dict | None:
+        """The kernel's ready message, or None if it exited or stayed silent until ``deadline``."""
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([self.ctl_r, self.pidfd], [], [], left)
+            if self.ctl_r in readable:
                 chunk = _read_nb(self.ctl_r)
                 if chunk == b"":
                     return None
-                self.ctl_buf += chunk or b""
-        line, _, self.ctl_buf = self.ctl_buf.partition(b"\n")
-        return json.loads(line)
+                for line in self.ctl.feed(chunk or b""):
+                    msg = _parse_json(line)
+                    if msg is not None and msg.get("op") == "ready":
+                        return msg
+            elif readable:
+                return None  # exited before it was ready
+        return None
 
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        for fd in (self.ctl_w, self.ctl_r):
+    def exited(self) -> bool:
+        """Whether the kernel process has ended (whether or not it was reaped yet)."""
+        return self.status is not None or bool(select.select([self.pidfd], [], [], 0)[0])
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code (negative: killed by that signal), or None if it still runs."""
+        if self.status is None:
+            if not select.select([self.pidfd], [], [], timeout)[0]:
+                return None
+            try:
+                self.status = os.waitpid(self.pid, 0)[1]
+            except ChildProcessError:  # reaped as an orphan while it was starting
+                self.status = 0
+        return os.waitstatus_to_exitcode(self.status)
+
+    def close(self) -> None:
+        """Reaps the (already killed) process and closes its descriptors."""
+        self.wait(timeout=5.0)
+        for fd in (self.ctl_w, self.ctl_r, self.out, self.err, self.pidfd):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
-def _remap_fds(ctl_in_r: int, ctl_out_w: int) -> None:
-    # Runs in the child before exec: put the control pipe on fds 3 and 4 (close_fds
-    # runs after this and keeps exactly those, via pass_fds).
-    tmp_in = os.dup(ctl_in_r)
-    tmp_out = os.dup(ctl_out_w)
-    os.dup2(tmp_in, KERNEL_CTL_IN)
-    os.dup2(tmp_out, KERNEL_CTL_OUT)
+def _move_high(fd: int) -> int:
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
 
 
 def _read_nb(fd: int) -> bytes | None:
@@ -270,181 +253,253 @@ def _describe_signal(num: int) -> str:
         return f"signal {num}"
 
 
+class Outcome:
+    """How one cell's execution loop ended."""
+
+    def __init__(self) -> None:
+        self.done: dict | None = None  # the kernel's valid reply
+        self.forged = False  # a reply with the right nonce but not the kernel's shape
+        self.interrupted = False  # SIGINT was sent at the deadline
+        self.stop: str | None = None  # "timeout" or "output_limit": the cell was cut off
+        self.ended = False  # the kernel exited or closed its control pipe
+
+
 class Supervisor:
     """Serves host requests over the socket, one at a time."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.rfile = sock.makefile("rb")
+        self.pid = os.getpid()
         self.kernel: Kernel | None = None
         self.keep = int(os.environ.get("SPO_OUTPUT_KEEP", "8192"))
         self.hard_cap = int(os.environ.get("SPO_OUTPUT_HARD_CAP", str(8 << 20)))
         self.grace = float(os.environ.get("SPO_GRACE", "0.5"))
+        # Orphans of the cell are reparented here; reap them as they exit (never the kernel,
+        # whose exit status is read by its own wait).
+        signal.signal(signal.SIGCHLD, lambda _sig, _frame: self.reap_orphans())
 
     def send(self, obj: dict) -> None:
         self.sock.sendall((json.dumps(obj) + "\n").encode())
 
-    def ensure_kernel(self) -> Kernel:
-        if self.kernel is None or self.kernel.proc.poll() is not None:
-            if self.kernel is not None:
-                self.kernel.kill()
-            self.kernel = Kernel()
-        return self.kernel
+    # -- the kernel and the cell's processes ------------------------------------------------
 
-    def restart_kernel(self) -> None:
+    def prepare(self) -> None:
+        """Starts a kernel if none is running (between requests, off the reply's path)."""
+        if self.kernel is None:
+            with contextlib.suppress(KernelStartError):  # op_run retries and reports it
+                self.kernel = Kernel(self.keep)
+
+    def discard_kernel(self) -> list[int]:
+        """Kills the kernel and every process the cell started; returns any that survived."""
+        left = self.kill_descendants()
         if self.kernel is not None:
-            self.kernel.kill()
-        self.kernel = None
-        self.ensure_kernel()
+            self.kernel.close()
+            self.kernel = None
+        return left
+
+    def kill_descendants(self) -> list[int]:
+        deadline = time.monotonic() + 5.0
+        while True:
+            left = _descendants(self.pid)
+            if not left or time.monotonic() > deadline:
+                return left
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if self.kernel is not None:
+                self.kernel.wait(timeout=0.05)
+            self.reap_orphans()
+            time.sleep(0.001)
+
+    def reap_orphans(self) -> None:
+        kernel = self.kernel.pid if self.kernel is not None else None
+        for pid in _zombie_children(self.pid):
+            if pid != kernel:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+
+    # -- serving -----------------------------------------------------------------------------
 
     def serve(self) -> None:
-        self.ensure_kernel()
-        self.send({"op": "hello", "token": os.environ.get("SPO_TOKEN", ""), "pid": os.getpid()})
+        self.prepare()
+        self.send({"op": "hello", "token": os.environ.get("SPO_TOKEN", ""), "pid": self.pid})
         handlers = {
             "run": self.op_run,
             "reset": self.op_reset,
             "put": self.op_put,
             "get": self.op_get,
             "scrub": self.op_scrub,
-            "probe": self.op_probe,
-            "ping": lambda req: {"op": "pong"},
         }
         for line in self.rfile:
             req = json.loads(line)
             handler = handlers.get(req.get("op"))
             if handler is None:
-                self.send({"op": "error", "message": "unknown op {!r}".format(req.get("op"))})
-                continue
-            try:
-                reply = handler(req)
-            except OSError as exc:
-                reply = {"op": "error", "message": f"{type(exc).__name__}: {exc}"}
+                reply = {"op": "error", "message": "unknown op {!r}".format(req.get("op"))}
+            else:
+                try:
+                    reply = handler(req)
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    reply = {"op": "error", "message": f"{type(exc).__name__}: {exc}"}
             reply["id"] = req.get("id")
             self.send(reply)
+            self.prepare()
 
-    # -- run ---------------------------------------------------------------------------
+    # -- run ---------------------------------------------------------------------------------
 
     def op_run(self, req: dict) -> dict:
         started = time.monotonic()
-        timeout = float(req.get("timeout", 30.0))
-        state_lost = False
-        if req.get("stateless"):
-            self.restart_kernel()
-        try:
-            kernel = self.ensure_kernel()
-        except (OSError, RuntimeError) as exc:
-            return self._result("sandbox_error", started, exc_message=f"kernel start failed: {exc}")
+        timeout = float(req["timeout"])
+        if not (math.isfinite(timeout) and timeout > 0) or not isinstance(req["code"], str):
+            raise ValueError("a run needs code and a positive, finite timeout")
+        stateless = bool(req.get("stateless"))
+        lost = False  # variables of earlier cells are gone before this cell starts
+        if self.kernel is not None and (self.kernel.exited() or (stateless and self.kernel.used)):
+            lost = self.kernel.exited() and self.kernel.used
+            self.discard_kernel()
+        if self.kernel is None:
+            try:
+                self.kernel = Kernel(self.keep)
+            except KernelStartError as exc:
+                self.discard_kernel()
+                return self._result(
+                    "sandbox_error",
+                    started,
+                    exc_type="SandboxError",
+                    exc_message=f"the Python kernel could not be started ({exc}); variables were lost",
+                    state_lost=True,
+                )
+        kernel = self.kernel
+        kernel.used = True
         oom_before = read_oom_kills()
         out, err = OutputBuffer(self.keep), OutputBuffer(self.keep)
-        # Replies carry the request's nonce: stray or spoofed control lines are dropped.
-        nonce = os.urandom(8).hex()
-        payload = (
-            json.dumps(
-                {"code": req["code"], "echo": bool(req.get("echo")), "nonce": nonce}
-            ).encode()
-            + b"\n"
-        )
-        try:
-            _write_all(kernel.ctl_w, payload)
-        except OSError:
-            self.restart_kernel()
+        outcome = self._execute(kernel, req, started + timeout, out, err)
+        timed_out = f"execution timed out after {timeout:.1f} s; the kernel was restarted and variables were lost"
+        if outcome.stop == "output_limit":
+            self.discard_kernel()
             return self._result(
-                "error",
-                started,
-                exc_type="KernelLost",
-                exc_message="the kernel was gone before the cell ran; a fresh kernel was started",
-                state_lost=True,
-            )
-        deadline = started + timeout
-        interrupted_at: float | None = None
-        done: dict | None = None
-        status_override: str | None = None
-        message: str | None = None
-        fds = {kernel.out: out, kernel.err: err}
-        while True:
-            now = time.monotonic()
-            if interrupted_at is None and now >= deadline:
-                interrupted_at = now
-                _signal_group(kernel.proc.pid, signal.SIGINT)
-            if interrupted_at is not None and now >= interrupted_at + self.grace:
-                kernel.kill()
-                status_override = status_override or "timeout"
-                break
-            wait = (interrupted_at + self.grace if interrupted_at else deadline) - now
-            readable, _, _ = select.select([kernel.ctl_r, *fds], [], [], max(wait, 0.0))
-            for fd in readable:
-                if fd in fds:
-                    chunk = _read_nb(fd)
-                    if chunk:
-                        fds[fd].add(chunk)
-                    elif chunk == b"":
-                        del fds[fd]
-            if out.total + err.total > self.hard_cap:
-                kernel.kill()
-                status_override = "output_limit"
-                message = f"output exceeded {self.hard_cap} bytes; the cell was stopped"
-                break
-            if kernel.ctl_r in readable:
-                chunk = _read_nb(kernel.ctl_r)
-                if chunk == b"":
-                    break  # kernel died or closed its control channel
-                kernel.ctl_buf += chunk or b""
-                while done is None and b"\n" in kernel.ctl_buf:
-                    line, _, kernel.ctl_buf = kernel.ctl_buf.partition(b"\n")
-                    done = _parse_done(line, nonce)
-                if done is not None:
-                    break
-        # Output written before the kernel reported is already in the pipes: drain it.
-        for fd, buf in list(fds.items()):
-            while True:
-                chunk = _read_nb(fd)
-                if not chunk:
-                    break
-                buf.add(chunk)
-        if status_override is not None:
-            state_lost = True
-            self.restart_kernel()
-            if status_override == "timeout":
-                message = f"execution timed out after {timeout:.1f} s; the kernel was restarted and variables were lost"
-            return self._result(
-                status_override,
+                "output_limit",
                 started,
                 out=out,
                 err=err,
-                exc_type="TimeoutError" if status_override == "timeout" else "OutputLimitExceeded",
-                exc_message=message,
-                state_lost=state_lost,
+                exc_type="OutputLimitExceeded",
+                exc_message=f"output exceeded {self.hard_cap} bytes; the cell was stopped",
+                state_lost=True,
             )
-        if done is None:
+        if outcome.interrupted:
+            # SIGINT may land after the cell finished, even between cells: never trust the
+            # kernel again once it was sent.
+            self.discard_kernel()
+            done = outcome.done
+            if done is not None and done["status"] != "interrupted":
+                return self._reply_result(done, done["status"], started, out, err, state_lost=True)
+            return self._result(
+                "timeout",
+                started,
+                out=out,
+                err=err,
+                exc_type="TimeoutError",
+                exc_message=timed_out,
+                traceback=done.get("traceback") if done else None,
+                state_lost=True,
+            )
+        if outcome.forged:
+            self.discard_kernel()
+            return self._result(
+                "sandbox_error",
+                started,
+                out=out,
+                err=err,
+                exc_type="SandboxError",
+                exc_message="the kernel sent a malformed reply; it was restarted and variables were lost",
+                state_lost=True,
+            )
+        if outcome.done is None:
             return self._kernel_died(kernel, started, out, err, oom_before)
-        status = done["status"]
-        if status == "interrupted":
-            if interrupted_at is None:
-                status = "error"  # the code raised KeyboardInterrupt itself
-            else:
-                # Interrupted in time: report the stack, but start clean like a hard kill would.
-                self.restart_kernel()
-                return self._result(
-                    "timeout",
-                    started,
-                    out=out,
-                    err=err,
-                    exc_type="TimeoutError",
-                    exc_message=f"execution timed out after {timeout:.1f} s; the kernel was restarted and variables were lost",
-                    traceback=done.get("traceback"),
-                    state_lost=True,
-                )
-        if req.get("stateless"):
-            self.restart_kernel()
-        return self._result(
-            status,
-            started,
-            out=out,
-            err=err,
-            exc_type=done.get("exc_type"),
-            exc_message=done.get("exc_message"),
-            traceback=done.get("traceback"),
+        # "interrupted" without our SIGINT: the code raised KeyboardInterrupt itself.
+        status = "ok" if outcome.done["status"] == "ok" else "error"
+        if outcome.ended or stateless:
+            self.discard_kernel()
+        return self._reply_result(
+            outcome.done, status, started, out, err, state_lost=lost or outcome.ended
         )
+
+    def _execute(
+        self, kernel: Kernel, req: dict, deadline: float, out: OutputBuffer, err: OutputBuffer
+    ) -> Outcome:
+        """Sends the cell to the kernel and pumps its output until it ends, one way or another."""
+        outcome = Outcome()
+        # Replies carry the request's nonce: stray or stale control lines are ignored.
+        nonce = os.urandom(8).hex()
+        request = {"code": req["code"], "echo": bool(req.get("echo")), "nonce": nonce}
+        try:
+            _write_all(kernel.ctl_w, json.dumps(request).encode() + b"\n")
+        except OSError:
+            outcome.ended = True
+            return outcome
+        pipes = {kernel.out: out, kernel.err: err}
+        interrupt_at: float | None = None
+        looked_at_deadline = False
+        while True:
+            now = time.monotonic()
+            wait = (deadline if interrupt_at is None else interrupt_at + self.grace) - now
+            readable, _, _ = select.select(
+                [kernel.ctl_r, kernel.pidfd, *pipes], [], [], max(wait, 0.0)
+            )
+            for fd in readable:
+                if fd in pipes:
+                    chunk = _read_nb(fd)
+                    if chunk:
+                        pipes[fd].add(chunk)
+                    elif chunk == b"":
+                        del pipes[fd]
+            if out.total + err.total > self.hard_cap:
+                outcome.stop = "output_limit"
+                break
+            exited = kernel.pidfd in readable
+            if kernel.ctl_r in readable or exited:
+                # A reply written just before the kernel exited is still in the pipe.
+                self._read_replies(kernel, nonce, outcome, drain=exited)
+            if outcome.done is not None or outcome.forged or outcome.ended or exited:
+                outcome.ended = outcome.ended or exited
+                break
+            now = time.monotonic()
+            if interrupt_at is None and now >= deadline:
+                if not looked_at_deadline:
+                    looked_at_deadline = True  # one last look: a reply may be waiting
+                    continue
+                interrupt_at = now
+                outcome.interrupted = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(kernel.pid, signal.SIGINT)
+            elif interrupt_at is not None and now >= interrupt_at + self.grace:
+                outcome.stop = "timeout"
+                break
+        # Output written before the kernel reported is already in the pipes: drain it.
+        for fd, buf in pipes.items():
+            while chunk := _read_nb(fd):
+                buf.add(chunk)
+        return outcome
+
+    def _read_replies(self, kernel: Kernel, nonce: str, outcome: Outcome, drain: bool) -> None:
+        while outcome.done is None and not outcome.forged:
+            chunk = _read_nb(kernel.ctl_r)
+            if chunk == b"":
+                outcome.ended = True  # the kernel died or closed its control pipe
+                return
+            if chunk is None:
+                return
+            for line in kernel.ctl.feed(chunk):
+                msg = _parse_json(line)
+                if msg is None or msg.get("nonce") != nonce:
+                    continue
+                if _is_kernel_reply(msg):
+                    outcome.done = msg
+                else:
+                    outcome.forged = True
+                break
+            if not drain:
+                return
 
     def _kernel_died(
         self,
@@ -454,12 +509,9 @@ class Supervisor:
         err: OutputBuffer,
         oom_before: int | None,
     ) -> dict:
-        try:
-            code = kernel.proc.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            code = None  # alive but closed its control channel
+        code = kernel.wait(timeout=1.0)  # None: alive but closed its control channel
         oom_after = read_oom_kills()
-        self.restart_kernel()
+        self.discard_kernel()
         if (
             code == -signal.SIGKILL
             and oom_before is not None
@@ -491,6 +543,26 @@ class Supervisor:
             state_lost=True,
         )
 
+    def _reply_result(
+        self,
+        done: dict,
+        status: str,
+        started: float,
+        out: OutputBuffer,
+        err: OutputBuffer,
+        state_lost: bool,
+    ) -> dict:
+        return self._result(
+            status,
+            started,
+            out=out,
+            err=err,
+            exc_type=done.get("exc_type"),
+            exc_message=done.get("exc_message"),
+            traceback=done.get("traceback"),
+            state_lost=state_lost,
+        )
+
     def _result(
         self,
         status: str,
@@ -504,9 +576,10 @@ class Supervisor:
     ) -> dict:
         stdout, t_out = out.text() if out else ("", False)
         stderr, t_err = err.text() if err else ("", False)
+        exc_type, t_type = _clip(exc_type, EXC_TYPE_KEEP)
         exc_message, t_msg = _clip(exc_message, self.keep)
         traceback, t_tb = _clip(traceback, self.keep)
-        t_err = t_err or t_msg or t_tb
+        t_err = t_err or t_type or t_msg or t_tb
         if traceback:
             stderr = stderr + ("\n" if stderr and not stderr.endswith("\n") else "") + traceback
         return {
@@ -521,10 +594,10 @@ class Supervisor:
             "truncated": t_out or t_err,
         }
 
-    # -- other ops -----------------------------------------------------------------------
+    # -- other ops ---------------------------------------------------------------------------
 
     def op_reset(self, req: dict) -> dict:
-        self.restart_kernel()
+        self.discard_kernel()
         return {"op": "ok"}
 
     def op_put(self, req: dict) -> dict:
@@ -541,47 +614,39 @@ class Supervisor:
         return {"op": "file", "path": path, "data_b64": base64.b64encode(data).decode()}
 
     def op_scrub(self, req: dict) -> dict:
-        """Returns the container to a clean state and reports the evidence."""
-        if self.kernel is not None:
-            self.kernel.kill()
-            self.kernel = None
-        me = os.getpid()
-        for _ in range(3):  # processes may fork while being killed
-            for pid in _other_pids(me):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.01)
-        for entry in os.listdir("/tmp"):
-            full = os.path.join("/tmp", entry)
-            if os.path.isdir(full) and not os.path.islink(full):
-                shutil.rmtree(full, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(full)
-        kernel = self.ensure_kernel()
-        leftover = [p for p in _other_pids(me) if p != kernel.proc.pid]
+        """Returns the container to a clean state and reports the evidence.
+
+        Every process but init and this one, every file in the writable directories and
+        every System V IPC object go; the reply lists whatever is still there.
+        """
+        self.discard_kernel()
+        for kind in SYSV_KINDS:
+            for ident in _sysv_ids(kind):
+                _remove_sysv(kind, ident)
+        for directory in WRITABLE_DIRS:
+            _empty_dir(directory)
         return {
             "op": "scrubbed",
-            "stray_pids": leftover,
-            "tmp_entries": sorted(os.listdir("/tmp")),
+            "stray_pids": [p for p in _all_pids() if p not in (1, self.pid)],
+            "leftovers": {d: sorted(os.listdir(d)) for d in WRITABLE_DIRS},
+            "sysv": {kind: len(_sysv_ids(kind)) for kind in SYSV_KINDS},
             "limits": _limits(),
         }
 
-    def op_probe(self, req: dict) -> dict:
-        return {
-            "op": "probe",
-            "limits": _limits(),
-            "uid": os.getuid(),
-            "oom_kills": read_oom_kills(),
-        }
 
-
-def _parse_done(line: bytes, nonce: str) -> dict | None:
+def _parse_json(line: bytes) -> dict | None:
     try:
         msg = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    return msg if isinstance(msg, dict) and msg.get("nonce") == nonce else None
+    return msg if isinstance(msg, dict) else None
+
+
+def _is_kernel_reply(msg: dict) -> bool:
+    return msg.get("status") in KERNEL_STATUSES and all(
+        isinstance(msg.get(key), (str, type(None)))
+        for key in ("exc_type", "exc_message", "traceback")
+    )
 
 
 def _clip(text: str | None, keep: int) -> tuple[str | None, bool]:
@@ -592,13 +657,61 @@ def _clip(text: str | None, keep: int) -> tuple[str | None, bool]:
     return f"{text[:keep]}\n...[{dropped} characters truncated]...\n{text[-keep:]}", True
 
 
-def _other_pids(me: int) -> list[int]:
-    # PID 1 is the init (tini) process; everything else but us is fair game.
-    pids = []
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) not in (1, me):
-            pids.append(int(name))
-    return pids
+def _all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    return fields[0].decode(), int(fields[1])
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid in _all_pids():
+        stat = _stat(pid)
+        if stat is not None:
+            children.setdefault(stat[1], []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _zombie_children(parent: int) -> list[int]:
+    return [p for p in _all_pids() if (s := _stat(p)) is not None and s == ("Z", parent)]
+
+
+def _sysv_ids(kind: str) -> list[int]:
+    with open(f"/proc/sysvipc/{kind}") as f:
+        return [int(row.split()[1]) for row in f.read().splitlines()[1:] if row.strip()]
+
+
+def _remove_sysv(kind: str, ident: int) -> None:
+    if kind == "shm":
+        LIBC.shmctl(ident, IPC_RMID, None)
+    elif kind == "sem":
+        LIBC.semctl(ident, 0, IPC_RMID)
+    else:
+        LIBC.msgctl(ident, IPC_RMID, None)
+
+
+def _empty_dir(directory: str) -> None:
+    for entry in os.listdir(directory):
+        full = os.path.join(directory, entry)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(full)
 
 
 def _limits() -> dict:
@@ -626,12 +739,16 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
+def _guard_self() -> None:
+    """Not dumpable (the cell shares our uid) and the subreaper of all the cell starts."""
+    for option, value in ((PR_SET_DUMPABLE, 0), (PR_SET_CHILD_SUBREAPER, 1)):
+        if LIBC.prctl(option, value, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"prctl({option}) failed: {os.strerror(err)}")
 
 
 def main() -> None:
+    _guard_self()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(os.environ["SPO_SOCKET"])
     Supervisor(sock).serve()

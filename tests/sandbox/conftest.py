@@ -9,7 +9,7 @@ import pytest
 import pytest_asyncio
 
 from sandbox import SandboxConfig, SandboxPool
-from sandbox.pool import LABEL_POOL
+from sandbox.reaper import LABEL_POOL
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,12 @@ Every snippet runs in its own episode; afterwards the same session must still ru
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
-from sandbox import RunStatus, SandboxPool
+from sandbox import RunStatus, SandboxConfig, SandboxPool
 
 pytestmark = pytest.mark.docker
 
@@ -20,6 +23,16 @@ OK, ERR, TMO, OOM, OUT, SBX = (
     RunStatus.OUTPUT_LIMIT,
     RunStatus.SANDBOX_ERROR,
 )
+
+
+def forge(fields: str) -> str:
+    """A cell that answers for the kernel with the request's own nonce (read from its frame)."""
+    return (
+        "import sys\n"
+        "frame = sys._getframe().f_back\n"
+        f"frame.f_globals['reply']({{**{fields}, 'op': 'done', 'nonce': frame.f_locals['req']['nonce']}})\n"
+    )
+
 
 # (name, code, allowed statuses, text the observation must contain or None)
 BATTERY: list[tuple[str, str, set[RunStatus], str | None]] = [
@@ -156,6 +169,25 @@ BATTERY: list[tuple[str, str, set[RunStatus], str | None]] = [
         None,
     ),
     (
+        "forged_reply_with_the_nonce",
+        forge('{"status": "error", "exc_type": "Forged", "exc_message": "m" * 100_000}'),
+        {ERR},
+        "Forged",
+    ),
+    (
+        "forged_reply_with_a_huge_exc_type",
+        forge('{"status": "error", "exc_type": "T" * 100_000}'),
+        {ERR},
+        None,
+    ),
+    (
+        # Longer than any reply of the kernel: dropped unread, the kernel's own reply counts.
+        "forged_oversized_reply",
+        forge('{"status": "error", "exc_type": "Forged", "exc_message": "m" * (4 << 20)}'),
+        {OK},
+        None,
+    ),
+    (
         "replace_sys_stdout",
         "import sys, io\nsys.stdout = io.StringIO()\nprint('hidden')",
         {OK},
@@ -177,7 +209,8 @@ async def test_snippet_is_contained(
         )
         if needle is not None:
             assert needle in r.observation(), r.observation()[-800:]
-        assert len(r.stdout) + len(r.stderr) < 64 * pool.config.output_keep_bytes
+        sizes = [len(t or "") for t in (r.stdout, r.stderr, r.exc_type, r.exc_message)]
+        assert sum(sizes) < 64 * pool.config.output_keep_bytes, sizes
         after = await s.run("print('still serving')", timeout=10)
         assert after.status is RunStatus.OK, after
         # A background thread the snippet left running may still print: it is the cell's own state.
@@ -194,3 +227,167 @@ async def test_pool_healthy_after_battery(pool: SandboxPool) -> None:
     async with pool.session("after-battery") as s:
         r = await s.run("import sympy\nprint(sympy.factorint(2**32 + 1))")
     assert r.stdout.strip() == "{641: 1, 6700417: 1}"
+
+
+# What a fresh kernel sees: init, the supervisor and itself, nothing a cell left behind.
+PROCESSES = (
+    "import os\n"
+    "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == "
+    "sorted({1, os.getppid(), os.getpid()}))"
+)
+
+
+async def test_a_forged_unknown_status_is_a_scored_sandbox_error(pool: SandboxPool) -> None:
+    async with pool.session("forge-status") as s:
+        first = s.container_id
+        r = await s.run(forge('{"status": "pwned"}'))
+        assert r.status is SBX and r.state_lost, r
+        again = await s.run("print('next')")
+        assert again.stdout == "next\n" and again.state_lost
+        assert s.container_id != first  # a sandbox that lied is not trusted again
+
+
+async def test_filling_the_pid_limit_with_setsid_processes_then_timing_out(
+    pool: SandboxPool,
+) -> None:
+    code = (
+        "import subprocess\nps = []\ntry:\n    while True:\n"
+        "        ps.append(subprocess.Popen(['sleep', '1000'], start_new_session=True))\n"
+        "except OSError:\n    pass\nprint(len(ps), flush=True)\nwhile True:\n    pass\n"
+    )
+    async with pool.session("setsid-fill") as s:
+        r = await s.run(code, timeout=3)
+        assert r.status is TMO and r.state_lost, r
+        assert int(r.stdout) > 50
+        after = await s.run(PROCESSES)
+        assert after.stdout == "True\n", after
+
+
+async def test_a_double_forked_cpu_burner_dies_with_the_timed_out_kernel(pool: SandboxPool) -> None:
+    code = (
+        "import os\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        while True:\n            pass\n    os._exit(0)\nos.wait()\nwhile True:\n    pass\n"
+    )
+    async with pool.session("double-fork") as s:
+        r = await s.run(code, timeout=1)
+        assert r.status is TMO, r
+        after = await s.run(PROCESSES)
+        assert after.stdout == "True\n", after
+
+
+async def test_reset_leaves_no_process_of_the_cell(pool: SandboxPool) -> None:
+    async with pool.session("reset-strays") as s:
+        await s.run(
+            "import subprocess\nsubprocess.Popen(['sleep', '1000'], start_new_session=True)"
+        )
+        await s.reset()
+        after = await s.run(PROCESSES)
+    assert after.stdout == "True\n", after
+
+
+async def test_children_do_not_inherit_the_kernel_control_pipe(pool: SandboxPool) -> None:
+    code = (
+        "import subprocess, sys\n"
+        'probe = \'import os\\nfor fd in (3, 4):\\n    try:\\n        print(os.readlink(f"/proc/self/fd/{fd}"))\\n'
+        "    except OSError:\\n        print(None)'\n"
+        "subprocess.run([sys.executable, '-c', probe], close_fds=False)\n"
+    )
+    async with pool.session("fd-inherit") as s:
+        r = await s.run(code)
+    assert r.stdout == "None\nNone\n", r
+
+
+async def test_a_kernel_that_died_between_cells_reports_lost_state(pool: SandboxPool) -> None:
+    async with pool.session("died-between") as s:
+        first = await s.run(
+            "import os, threading, time\n"
+            "threading.Thread(target=lambda: (time.sleep(0.3), os._exit(3)), daemon=True).start()\n"
+            "x = 1"
+        )
+        assert first.ok and not first.state_lost
+        await asyncio.sleep(1.0)
+        second = await s.run("print('after')")
+    assert second.ok and second.stdout == "after\n"
+    assert second.state_lost
+
+
+async def test_an_interrupt_sent_as_the_cell_finishes_reports_lost_state(pool: SandboxPool) -> None:
+    # The cell outlives its deadline by less than the grace period, swallowing the SIGINT: it
+    # finishes, but the kernel was signalled and is replaced, so its variables are gone.
+    code = (
+        "import signal, time\nsignal.signal(signal.SIGINT, lambda *a: None)\n"
+        "t = time.monotonic()\nwhile time.monotonic() - t < 1.25:\n    pass\nx = 1\nprint('done')"
+    )
+    async with pool.session("late-interrupt") as s:
+        r = await s.run(code, timeout=1)
+        after = await s.run("print(x)")
+    assert r.status is OK and r.stdout == "done\n"
+    assert r.state_lost
+    assert after.exc_type == "NameError"
+
+
+async def test_a_crash_while_a_child_holds_the_pipes_is_not_a_timeout(pool: SandboxPool) -> None:
+    code = "import os, time\nif os.fork() == 0:\n    time.sleep(60)\n    os._exit(0)\nos._exit(1)"
+    async with pool.session("crash-held-pipe") as s:
+        r = await s.run(code, timeout=6)
+        after = await s.run(PROCESSES)
+    assert r.status is ERR and "exited with code 1" in (r.exc_message or ""), r
+    assert r.duration_s < 3 and r.state_lost
+    assert after.stdout == "True\n", after
+
+
+async def test_a_kernel_that_cannot_restart_is_a_scored_sandbox_error(pool: SandboxPool) -> None:
+    # The work directory becomes a file, so no kernel can start in this container again.
+    code = (
+        "import os, shutil\nos.chdir('/tmp')\nshutil.rmtree('/tmp/work')\n"
+        "open('/tmp/work', 'w').close()\nos._exit(1)"
+    )
+    async with pool.session("no-restart") as s:
+        died = await s.run(code)
+        broken = await s.run("print(1)")
+        fresh = await s.run("print(2)")
+    assert died.status is ERR and died.state_lost, died
+    assert broken.status is SBX and broken.state_lost, broken
+    assert fresh.stdout == "2\n" and fresh.state_lost
+
+
+async def test_the_supervisor_is_not_dumpable_by_the_cell(pool: SandboxPool) -> None:
+    code = (
+        "import ctypes, errno, os\nsup = os.getppid()\n"
+        "try:\n    open(f'/proc/{sup}/environ', 'rb').read()\n    print('environ readable')\n"
+        "except PermissionError:\n    print('environ denied')\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print('ptrace', libc.ptrace(16, sup, 0, 0), errno.errorcode.get(ctypes.get_errno()))\n"
+        "pidfd = os.pidfd_open(sup)\n"
+        "print('pidfd_getfd', libc.syscall(438, pidfd, 0, 0), errno.errorcode.get(ctypes.get_errno()))\n"
+    )
+    async with pool.session("dumpable") as s:
+        r = await s.run(code)
+    assert r.stdout == "environ denied\nptrace -1 EPERM\npidfd_getfd -1 EPERM\n", r
+
+
+async def test_a_stopped_supervisor_is_a_scored_sandbox_error() -> None:
+    cfg = SandboxConfig(warm=1, self_test=False, host_slack_s=1.0)
+    async with SandboxPool(cfg) as fast, fast.session("sigstop") as s:
+        t0 = time.monotonic()
+        r = await s.run("import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)", timeout=1)
+        assert r.status is SBX and r.state_lost, r
+        assert time.monotonic() - t0 < 6
+        again = await s.run("print('replaced')")
+        assert again.stdout == "replaced\n"
+
+
+async def test_a_flood_on_the_control_pipe_does_not_grow_the_supervisor(pool: SandboxPool) -> None:
+    flood = (
+        "import os, sys\nfd = sys._getframe().f_back.f_globals['CTL_OUT']\n"
+        "chunk = b'x' * (1 << 20)\nfor _ in range(48):\n    os.write(fd, chunk)\nprint('flooded')"
+    )
+    peak = (
+        "import os\nprint([l.split()[1] for l in open(f'/proc/{os.getppid()}/status') "
+        "if l.startswith('VmHWM')][0])"
+    )
+    async with pool.session("ctl-flood") as s:
+        r = await s.run(flood, timeout=20)
+        seen = await s.run(peak)
+    assert r.stdout == "flooded\n", r
+    assert int(seen.stdout) < 40 << 10, seen  # kB: the supervisor never held the 48 MB

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import docker
 import pytest
 
-from sandbox.batch import BatchInputError, completed_ids, read_jobs
+from sandbox import RunStatus, SandboxPool
+from sandbox.batch import BatchInputError, Job, completed_ids, read_jobs, run_batch
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = str(ROOT / ".venv" / "bin" / "spo-gym")
+CLI = str(Path(sys.executable).parent / "spo-gym")
 
 
 def write_jobs(path: Path, rows: list[dict[str, object]]) -> None:
@@ -29,6 +32,10 @@ def write_jobs(path: Path, rows: list[dict[str, object]]) -> None:
         ('{"id": "x"}', "has no 'code' string"),
         ('{"id": "x", "code": "1", "timeout": -1}', "'timeout' must be a positive number"),
         ('{"id": "x", "code": "1", "files": {"a": 1}}', "'files' must map paths to text"),
+        ('{"id": "x", "code": "1", "timeout": NaN}', "'timeout' must be a positive number"),
+        ('{"id": "x", "code": "1", "timeout": Infinity}', "'timeout' must be a positive number"),
+        ('{"id": "x", "code": "1", "timeout": true}', "'timeout' must be a positive number"),
+        ('{"id": "x", "code": "1", "timout": 5}', "unknown key 'timout'"),
     ],
 )
 def test_bad_input_names_the_line(tmp_path: Path, line: str, message: str) -> None:
@@ -96,3 +103,95 @@ def test_batch_survives_a_kill_without_lost_or_duplicated_ids(tmp_path: Path) ->
     assert by_id["boom"]["status"] == "error" and by_id["boom"]["exc_type"] == "ValueError"
     assert by_id["file"]["stdout"] == "payload\n"
     assert "already done (skipped)" in second.stderr and "ok" in second.stderr
+    assert owned_by(docker.from_env(), first.pid) == []  # the second run reaped them
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--timeout", "-1"], "--timeout"),
+        (["--timeout", "nan"], "--timeout"),
+        (["--memory-mb", "-5"], "--memory-mb"),
+    ],
+)
+def test_cli_rejects_bad_options_in_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    path = tmp_path / "in.jsonl"
+    write_jobs(path, [{"id": "a", "code": "print(1)"}])
+    proc = subprocess.run(
+        [CLI, "sandbox", "run", str(path), str(tmp_path / "o.jsonl"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_cli_rejects_an_output_in_a_missing_folder(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    write_jobs(path, [{"id": "a", "code": "print(1)"}])
+    out = tmp_path / "missing" / "o.jsonl"
+    proc = subprocess.run(
+        [CLI, "sandbox", "run", str(path), str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr and str(out.parent) in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.docker
+async def test_a_job_that_forges_its_reply_does_not_abort_the_batch(
+    pool: SandboxPool, tmp_path: Path
+) -> None:
+    forge = (
+        "import sys\nframe = sys._getframe().f_back\n"
+        "frame.f_globals['reply']({'op': 'done', 'status': 'pwned', "
+        "'nonce': frame.f_locals['req']['nonce']})"
+    )
+    out = tmp_path / "out.jsonl"
+    summary = await run_batch(
+        pool, [Job("forge", forge), Job("fine", "print(2)")], out, concurrency=2
+    )
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert rows["forge"]["status"] == RunStatus.SANDBOX_ERROR.value
+    assert rows["fine"]["stdout"] == "2\n"
+    assert summary.done == 2
+
+
+def owned_by(client: docker.DockerClient, pid: int) -> list[str]:
+    """Sandbox containers whose owner label names process ``pid`` of this host."""
+    return [
+        c["Id"]
+        for c in client.api.containers(all=True, filters={"label": "spo-gym.owner"})
+        if c["Labels"]["spo-gym.owner"].split(":")[1] == str(pid)
+    ]
+
+
+@pytest.mark.docker
+def test_sigterm_stops_cleanly_with_a_summary(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    jobs = [{"id": f"j{i}", "code": "import time\ntime.sleep(0.5)\nprint(1)"} for i in range(40)]
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jobs(src, jobs)
+    cmd = [CLI, "sandbox", "run", str(src), str(out), "--concurrency", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "sandbox jobs" in stderr and "interrupted" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert owned_by(docker_client, proc.pid) == []
+    done = completed_ids(out)
+    assert 3 <= len(done) < len(jobs)
+
+
+def test_an_output_that_is_not_a_batch_result_is_named(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": "a", "status": "ok"}\nnot a result\n')
+    with pytest.raises(BatchInputError, match=f"{out}:2: not a result line"):
+        completed_ids(out)

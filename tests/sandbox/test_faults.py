@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -176,3 +177,35 @@ async def test_daemon_restart_during_a_run_recovers_without_leaks(
     client = docker.DockerClient(base_url=second_daemon.url)
     leftovers = client.api.containers(all=True, filters={"label": f"spo-gym.pool={pool.pool_id}"})
     assert leftovers == [], [c["State"] for c in leftovers]
+
+
+async def test_reaper_judges_only_owners_it_can_see(
+    pool: SandboxPool, docker_client: docker.DockerClient
+) -> None:
+    # Labelled as pools of a process on another host sharing this daemon: its pid and its
+    # heartbeat are not visible from here, so a running container is left alone; one whose
+    # supervisor has exited serves nobody and is removed.
+    labels = {
+        "spo-gym.pool": "0ther0host01",
+        "spo-gym.owner": "another-host:4242:1700000000.00",
+        "spo-gym.pool-dir": "/nonexistent/0ther0host01",
+    }
+    running = docker_client.containers.run(
+        pool.image, ["sleep", "600"], labels=labels, detach=True, network_mode="none"
+    )
+    exited = docker_client.containers.run(
+        pool.image,
+        ["true"],
+        labels={**labels, "spo-gym.pool": "0ther0host02"},
+        detach=True,
+        network_mode="none",
+    )
+    exited.wait()
+    try:
+        await pool.reap()
+        assert pool_containers(docker_client, "0ther0host01") == [running.id]
+        assert pool_containers(docker_client, "0ther0host02") == []
+    finally:
+        for c in (running, exited):
+            with contextlib.suppress(docker.errors.NotFound):
+                c.remove(force=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from sandbox import image
+from sandbox import SandboxPool, image
 
 
 def test_tag_follows_the_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,3 +30,15 @@ def test_current_recipe_is_built_and_not_rebuilt(docker_client: docker.DockerCli
     assert lines == [f"sandbox image {tag} is up to date"]
     labels = docker_client.images.get(tag).labels
     assert labels.get("spo-gym.recipe") == image.recipe_hash()
+
+
+@pytest.mark.docker
+async def test_the_readme_states_what_the_image_contains(pool: SandboxPool) -> None:
+    async with pool.session("versions") as s:
+        r = await s.run(
+            "import sys, numpy, sympy\n"
+            "print(f'Python {sys.version.split()[0]}, numpy {numpy.__version__}, "
+            "sympy {sympy.__version__}')"
+        )
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert r.stdout.strip() in readme, r.stdout

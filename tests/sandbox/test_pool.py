@@ -103,14 +103,16 @@ async def test_reuse_mode_scrubs_files_processes_and_variables() -> None:
 
 
 async def test_self_test_refuses_a_pool_with_network() -> None:
-    pool = SandboxPool(SandboxConfig(warm=0), _create_overrides={"network_mode": "bridge"})
+    pool = SandboxPool(SandboxConfig(warm=0), container_overrides={"network_mode": "bridge"})
     with pytest.raises(SandboxSelfTestFailed, match="the network is reachable"):
         await pool.start()
     await pool.close()
 
 
 async def test_self_test_refuses_a_writable_root() -> None:
-    pool = SandboxPool(SandboxConfig(warm=0), _create_overrides={"read_only": False, "user": "0:0"})
+    pool = SandboxPool(
+        SandboxConfig(warm=0), container_overrides={"read_only": False, "user": "0:0"}
+    )
     with pytest.raises(SandboxSelfTestFailed) as info:
         await pool.start()
     await pool.close()
@@ -151,3 +153,92 @@ def test_malformed_config_is_a_clear_error() -> None:
         SandboxConfig(memory_mb=1)
     with pytest.raises(ValueError, match="extra"):
         SandboxConfig(memroy_mb=512)  # type: ignore[call-arg]
+
+
+async def test_reuse_mode_scrubs_shared_memory_message_queues_and_system_v_ipc() -> None:
+    plant = (
+        "import ctypes, os\nopen('/dev/shm/answer', 'w').write('42')\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "assert libc.mq_open(b'/answer', os.O_CREAT | os.O_RDWR, 0o600, None) >= 0\n"
+        "assert libc.shmget(0x4242, 4096, 0o1000 | 0o600) >= 0\n"
+        "assert libc.semget(0x4243, 1, 0o1000 | 0o600) >= 0\n"
+        "assert libc.msgget(0x4244, 0o1000 | 0o600) >= 0\nprint('planted')"
+    )
+    look = (
+        "import os\nprint(sorted(os.listdir('/dev/shm')), sorted(os.listdir('/dev/mqueue')), "
+        "[len(open(f'/proc/sysvipc/{k}').read().splitlines()) - 1 for k in ('shm', 'sem', 'msg')])"
+    )
+    cfg = SandboxConfig(warm=1, max_containers=1, reuse=True, self_test=False)
+    async with SandboxPool(cfg) as pool:
+        async with pool.session("leaves-an-answer") as s:
+            first = s.container_id
+            assert (await s.run(plant)).stdout == "planted\n"
+            assert (await s.run(look)).stdout == "['answer'] ['answer'] [1, 1, 1]\n"
+        async with pool.session("finds-nothing") as s:
+            assert s.container_id == first
+            seen = await s.run(look)
+    assert seen.stdout == "[] [] [0, 0, 0]\n", seen
+
+
+async def test_start_is_single_flight_and_its_failure_sticky_and_typed(
+    docker_client: docker.DockerClient,
+) -> None:
+    since = int(time.time()) - 1
+    pool = SandboxPool(
+        SandboxConfig(warm=0, memory_mb=256), container_overrides={"network_mode": "bridge"}
+    )
+    outcomes = await asyncio.gather(*(pool.acquire() for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(o, SandboxUnavailable) for o in outcomes), outcomes
+    t0 = time.monotonic()
+    with pytest.raises(SandboxSelfTestFailed, match="the network is reachable"):
+        await pool.acquire()
+    assert time.monotonic() - t0 < 0.5  # remembered, not re-run
+    await pool.close()
+    created = docker_client.events(
+        since=since,
+        until=int(time.time()) + 1,
+        filters={"event": "create", "label": f"spo-gym.pool={pool.pool_id}"},
+        decode=True,
+    )
+    assert len(list(created)) == 1  # one self-test container, not one per caller
+
+
+async def test_close_while_containers_are_being_created_leaks_none(
+    docker_client: docker.DockerClient,
+) -> None:
+    pools = []
+    for delay in (0.005, 0.015, 0.025):  # the daemon calls are under way in worker threads
+        pool = SandboxPool(SandboxConfig(warm=4, max_concurrent_ops=4, self_test=False))
+        await pool.start()
+        await asyncio.sleep(delay)
+        await pool.close()
+        pools.append(pool)
+    await asyncio.sleep(2.0)  # a container created after close would be visible by now
+    assert [pool_containers(docker_client, p.pool_id) for p in pools] == [[], [], []]
+
+
+# A supervisor that connects and exits before saying hello.
+NO_HELLO = (
+    "import os, socket\ns = socket.socket(socket.AF_UNIX)\ns.connect(os.environ['SPO_SOCKET'])"
+)
+
+
+async def test_a_supervisor_that_dies_before_its_hello_is_a_typed_failure() -> None:
+    cfg = SandboxConfig(warm=0, self_test=False, breaker_threshold=2, breaker_cooldown_s=30)
+    pool = SandboxPool(cfg, container_overrides={"command": ["python3", "-c", NO_HELLO]})
+    async with pool:
+        t0 = time.monotonic()
+        with pytest.raises(SandboxUnavailable, match="hello"):
+            await pool.acquire(timeout=12)
+        assert time.monotonic() - t0 < 8
+        assert pool.stats().create_failures >= 2
+
+
+async def test_non_finite_timeouts_are_rejected(pool: SandboxPool) -> None:
+    async with pool.session("nan") as s:
+        for bad in (float("nan"), float("inf")):
+            with pytest.raises(ValueError, match="timeout"):
+                await asyncio.wait_for(s.run("print(1)", timeout=bad), 30)
+    for field in ("default_timeout_s", "cpus", "acquire_timeout_s"):
+        with pytest.raises(ValueError, match=field):
+            SandboxConfig(**{field: float("inf")})

@@ -143,4 +143,6 @@ def test_observation_is_never_generic() -> None:
     assert RunResult(RunStatus.OK).observation() == "(the code ran and printed nothing)"
     r = RunResult(RunStatus.OOM, exc_type="MemoryError", exc_message="killed for memory")
     assert r.observation() == "MemoryError: killed for memory"
+    lost = RunResult(RunStatus.OK, stdout="1\n", state_lost=True).observation()
+    assert lost.startswith("1\n") and "variables from earlier cells are gone" in lost
     assert isinstance(SandboxSession, type)
