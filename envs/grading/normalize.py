@@ -21,6 +21,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 
 from envs.grading.extract import strip_delimiters
 
@@ -114,6 +115,9 @@ _COMMA_DECIMAL = re.compile(r"[-+]?\d+,\d+")
 _PLAIN = re.compile(r"[^\W_][\w.,'()\-]*")
 
 
+_CACHED = 2048
+
+
 def _unwrap_text(m: re.Match[str]) -> str:
     content = m.group(1).strip()
     if _UNIT_WORD.fullmatch(content):
@@ -121,6 +125,7 @@ def _unwrap_text(m: re.Match[str]) -> str:
     return " " + content + (m.group(2) or "") + " "
 
 
+@lru_cache(maxsize=_CACHED)  # pure, and called several times per comparison
 def light_latex(answer: str) -> str:
     r"""The answer as math-verify should read it: still LaTeX, with what it misreads spelled out.
 
@@ -141,6 +146,7 @@ def light_latex(answer: str) -> str:
     return _TRAILING.sub("", s).strip()
 
 
+@lru_cache(maxsize=_CACHED)  # pure, and called several times per comparison
 def clean_latex(answer: str) -> str:
     r"""Meaning-preserving clean-up of an answer, for comparing written forms and numbers.
 
@@ -160,6 +166,7 @@ def split_percent(s: str) -> tuple[str, bool]:
     return stripped, stripped != s.strip()
 
 
+@lru_cache(maxsize=_CACHED)  # pure, and called several times per comparison
 def normalize_answer(answer: str) -> str:
     r"""Normalise an answer string for exact comparison.
 

@@ -71,19 +71,19 @@ class _Worker:
     """
 
     def __init__(self, memory_limit_mb: int | None) -> None:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
         code = (
             "import importlib.util as u, sys; "
             f"s = u.spec_from_file_location('spo_gym_grading_worker', {str(_WORKER_FILE)!r}); "
             "m = sys.modules[s.name] = u.module_from_spec(s); s.loader.exec_module(m); "
-            "m.serve({}, {}, {})"
+            f"m.serve({to_child_r}, {from_child_w}, {memory_limit_mb or 0})"
         )
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
         # The worker's stderr goes to a file, so a worker that dies can say why.
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", code.format(to_child_r, from_child_w, memory_limit_mb or 0)],
+                [sys.executable, "-c", code],
                 pass_fds=(to_child_r, from_child_w),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -99,6 +99,7 @@ class _Worker:
             os.close(from_child_w)
         self.outbox = Connection(to_child_w, readable=False)
         self.inbox = Connection(from_child_r, writable=False)
+        # Not waited for yet, so the process exists (as a zombie at worst) for psutil to read.
         self._usage = psutil.Process(self.process.pid)
         self._last_words = ""
         try:
