@@ -1,18 +1,22 @@
 """Grading benchmark: our grader vs math-verify alone vs exact string match, in one run.
 
 All three grade every case of the labelled set (tests/data/grading_cases.jsonl); accuracy is
-the share of cases whose verdict equals the label, answers/s is cases over wall time.
+the share of cases whose verdict equals the label, answers/s is cases over wall time. Cases
+marked ``raw`` hold an answer, not a response (ours grades them with ``extract=False``);
+a case's ``answer_order`` is passed to ours.
 
-* **ours** — :class:`envs.grading.Grader`: last ``\\boxed{}``, string → numeric → math-verify in
-  worker processes with a hard deadline per answer.
+* **ours** — :class:`envs.grading.Grader`: last ``\\boxed{}``, string → numeric / structure →
+  math-verify in worker processes with a hard deadline per answer.
 * **math-verify alone** — the library as its README shows it, in this process's main thread
   (its SIGALRM timeouts only work there): ``verify(parse("$gold$"), parse(response))``. It
   also accepts answers outside ``\\boxed{}``, which the labels (an env's boxed-answer contract)
   count as wrong, so accuracy is also reported without the ``no_box`` cases.
 * **exact match** — the last ``\\boxed{}`` content equals the gold string after ``strip()``.
 
-Usage: ``python bench/grading.py [--timeout S] [--workers N] [--cases FILE]``. The last stdout
-line is one JSON object with every figure; keys holding ratios contain "ratio".
+Usage: ``python bench/grading.py [--quick] [--timeout S] [--workers N] [--cases FILE]``
+(``--quick``: without the pathological cases, which cost math-verify alone its whole timeout
+each). The last stdout line is one JSON object with every figure, accuracy per category
+included; keys holding ratios contain "ratio".
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from envs.grading import Grader, extract_boxed
+from envs.grading import Grader, GradeResult, extract_boxed
 
 CASES = Path(__file__).resolve().parents[1] / "tests" / "data" / "grading_cases.jsonl"
 
@@ -42,6 +46,20 @@ def _ratio(ours: float, base: float) -> float:
     return float(f"{ours / base:.3g}")
 
 
+def _grade(grader: Grader, cases: list[dict[str, Any]]) -> list[GradeResult]:
+    """Our verdicts in case order: raw cases as answers, the others as responses."""
+    verdicts: dict[int, GradeResult] = {}
+    for raw in (True, False):
+        indices = [i for i, c in enumerate(cases) if bool(c.get("raw")) == raw]
+        requests = [
+            (cases[i]["gold"], cases[i]["pred"], cases[i].get("answer_order", "notation"))
+            for i in indices
+        ]
+        results = grader.grade_many(requests, extract=not raw)
+        verdicts.update(zip(indices, results, strict=True))
+    return [verdicts[i] for i in range(len(cases))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=Path, default=CASES)
@@ -52,8 +70,11 @@ def main() -> None:
         help="seconds per answer: our CPU budget, math-verify's alarm",
     )
     parser.add_argument("--workers", type=int, default=2, help="our grader's worker processes")
+    parser.add_argument("--quick", action="store_true", help="skip the pathological cases")
     args = parser.parse_args()
     cases = [json.loads(line) for line in args.cases.read_text(encoding="utf-8").splitlines()]
+    if args.quick:
+        cases = [c for c in cases if not c.get("pathological")]
     # Every grader sees every case once, regular cases first, then the pathological ones: a
     # training run sees each answer once, so no grader gets to reuse a cached parse.
     cases.sort(key=lambda c: bool(c.get("pathological")))
@@ -65,9 +86,9 @@ def main() -> None:
     with Grader(workers=args.workers, timeout=args.timeout) as grader:
         grader.grade_many([("\\sqrt{2}", "\\boxed{2^{1/2}}")] * args.workers)
         start = time.perf_counter()
-        ours = grader.grade_many(pairs[:n_regular])
+        ours = _grade(grader, cases[:n_regular])
         ours_regular_s = time.perf_counter() - start
-        ours += grader.grade_many(pairs[n_regular:])
+        ours += _grade(grader, cases[n_regular:])
         ours_s = time.perf_counter() - start
 
     # math-verify alone, warmed the same way
@@ -87,7 +108,10 @@ def main() -> None:
     mv_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    exact = [(extract_boxed(p) or "").strip() == g.strip() for g, p in pairs]
+    exact = [
+        ((p if c.get("raw") else extract_boxed(p) or "").strip() == g.strip())
+        for c, (g, p) in zip(cases, pairs, strict=True)
+    ]
     exact_s = time.perf_counter() - start
 
     n = len(cases)
@@ -103,7 +127,12 @@ def main() -> None:
         if regular_seconds is not None:
             figures[f"{name}_answers_per_s_regular"] = round(n_regular / regular_seconds, 1)
     figures["ours_timeouts"] = sum(r.status == "timeout" for r in ours)
-    figures["ours_errors"] = sum(r.status == "error" for r in ours)
+    figures["ours_errors"] = sum(r.status in ("error", "unavailable") for r in ours)
+    for category in sorted({c["category"] for c in cases}):
+        members = [i for i, c in enumerate(cases) if c["category"] == category]
+        for name, verdicts in (("ours", [r.correct for r in ours]), ("math_verify", mv)):
+            agree = sum(cases[i]["expected_equal"] == verdicts[i] for i in members)
+            figures[f"{name}_accuracy_{category}"] = round(agree / len(members), 4)
     for base in ("math_verify", "exact_match"):
         for metric in ("accuracy", "accuracy_boxed_only", "answers_per_s"):
             figures[f"{metric}_ratio_vs_{base}"] = _ratio(

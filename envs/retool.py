@@ -4,7 +4,8 @@ The ReTool setup: the model reasons in text, writes code in ``<code>`` blocks (g
 stops at ``</code>``), reads the output in an ``<interpreter>`` block appended to its own
 stream, and ends with the final answer in the last ``\boxed{}``. The reward is 1 if that
 answer grades equal to the task's gold answer (:func:`envs.grading.agrade`), else 0; a grader
-failure is recorded in ``info["score"].status``, not folded into a silent 0.
+timeout or error on the answer is recorded in ``info["score"].status``, and a grade that cannot
+be computed (the grader down after retries, an unreadable gold) masks the episode.
 
 Two sandbox modes:
 
@@ -37,7 +38,7 @@ from typing import Any, Literal
 
 import jinja2
 
-from envs.core import Episode, Score, TaskSource, ToolEnv
+from envs.core import Episode, Score, ScoreUnavailable, TaskSource, ToolEnv
 from envs.formats import (
     CODE_INTERPRETER,
     Tool,
@@ -193,14 +194,23 @@ class ReToolEnv(ToolEnv):
 
     async def score(self, episode: Episode) -> Score:
         """Binary grade of the last ``\\boxed{}`` of the model's own text (``paper``: after the
-        format rule)."""
+        format rule), with the task's :attr:`~envs.tasks.Task.answer_order`.
+
+        Raises:
+            ScoreUnavailable: the grader could not run after retries, or cannot read the
+                task's gold answer; the env masks the episode.
+        """
         if self.reward == "paper":
             problem = paper_format_problem(
                 episode.response, self.generation.tool_format, self._tools
             )
             if problem:
                 return Score(0.0, status="format", detail=problem)
-        grade = await agrade(episode.task.answer, episode.response)
+        task = episode.task
+        grade = await agrade(task.answer, episode.response, order=task.answer_order)
+        if grade.status == "unavailable":
+            # The grader could not run, or cannot read the gold: not the model's 0.
+            raise ScoreUnavailable(grade.detail)
         return Score(
             1.0 if grade.correct else 0.0,
             status=grade.status,

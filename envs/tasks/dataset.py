@@ -9,9 +9,17 @@ Two row forms are accepted:
   ``answer``, ``output`` or ``final_answer`` (like the AIME files: ``{"input", "output"}``). Other
   fields go to :attr:`Task.extra`.
 
+Whether the order of a list answer matters (:attr:`Task.answer_order`) is read from
+``extra_info.answer_order`` (verl) or an ``answer_order`` field (plain): "notation" (the
+default), "ordered" or "unordered".
+
 A row that cannot be used raises :class:`TaskDataError` naming the file, the row and the field.
 Rows repeating an earlier prompt with the same answer are dropped (a prompt is one task for the
-tracker and the sampler); with a different answer they are an error.
+tracker and the sampler); with a different answer they are an error. Every answer is checked
+with the grader (:meth:`envs.grading.Grader.check_golds`) as the file loads: an answer it
+cannot read would grade every response wrong, so it is an error here, not an endless 0 in
+training. Numbers need no worker; other answers are parsed by math-verify in the grader's
+worker processes, in parallel.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from envs.tasks.task import ChatMessage, Task
+from envs.grading import Grader, default_grader
+from envs.tasks.task import ANSWER_ORDERS, AnswerOrder, ChatMessage, Task
 
 __all__ = ["TaskDataError", "load_tasks"]
 
@@ -91,7 +100,15 @@ def _prompt(value: Any, field: str) -> str | tuple[ChatMessage, ...]:
     return tuple(messages)
 
 
-def _task_from_row(row: Mapping[str, Any], default_source: str) -> Task:
+def _answer_order(value: Any, field: str) -> AnswerOrder:
+    for order in ANSWER_ORDERS:
+        if value == order:
+            return order
+    raise _FieldError(field, f"must be one of {', '.join(ANSWER_ORDERS)}, got {value!r}")
+
+
+def _task_from_row(row: Mapping[str, Any], default_source: str) -> tuple[Task, str]:
+    """The row's task, and the field its answer came from."""
     if not isinstance(row, Mapping):
         raise _FieldError(None, f"a row must be an object, got {type(row).__name__}")
     source = row.get("data_source")
@@ -112,9 +129,13 @@ def _task_from_row(row: Mapping[str, Any], default_source: str) -> Task:
         extra_info = row.get("extra_info") or {}
         if not isinstance(extra_info, Mapping):
             raise _FieldError("extra_info", "must be an object")
+        order: AnswerOrder = "notation"
+        if extra_info.get("answer_order") is not None:
+            order = _answer_order(extra_info["answer_order"], "extra_info.answer_order")
         known = {"prompt", "reward_model", "data_source", "extra_info"}
         extra = {k: v for k, v in row.items() if k not in known} | dict(extra_info)
-        return Task.create(prompt, answer, source, extra)
+        task = Task.create(prompt, answer, source, extra, answer_order=order)
+        return task, "reward_model.ground_truth"
 
     problem_field = next((f for f in PROBLEM_FIELDS if row.get(f) is not None), None)
     if problem_field is None:
@@ -126,8 +147,12 @@ def _task_from_row(row: Mapping[str, Any], default_source: str) -> Task:
         raise _FieldError("answer", f"no answer: expected one of {', '.join(ANSWER_FIELDS)}")
     prompt = _prompt(row[problem_field], problem_field)
     answer = _text(row[answer_field], answer_field)
-    used = {problem_field, answer_field, "data_source"}
-    return Task.create(prompt, answer, source, {k: v for k, v in row.items() if k not in used})
+    order = "notation"
+    if row.get("answer_order") is not None:
+        order = _answer_order(row["answer_order"], "answer_order")
+    used = {problem_field, answer_field, "data_source", "answer_order"}
+    extra = {k: v for k, v in row.items() if k not in used}
+    return Task.create(prompt, answer, source, extra, answer_order=order), answer_field
 
 
 def _rows(path: Path) -> Iterator[tuple[int, Any]]:
@@ -163,7 +188,12 @@ def _rows(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def load_tasks(
-    path: str | Path, *, data_source: str | None = None, limit: int | None = None
+    path: str | Path,
+    *,
+    data_source: str | None = None,
+    limit: int | None = None,
+    check_answers: bool = True,
+    grader: Grader | None = None,
 ) -> list[Task]:
     """Load the tasks of a ``.jsonl``, ``.json`` or ``.parquet`` file, in file order.
 
@@ -171,20 +201,26 @@ def load_tasks(
         path: the file.
         data_source: for rows without one (default: the file name without its suffix).
         limit: stop after this many tasks.
+        check_answers: check that the grader can read every answer (see the module
+            docstring); turn off only for answers a different scorer judges.
+        grader: the grader to check with (default :func:`envs.grading.default_grader`).
 
     Raises:
-        TaskDataError: a row cannot be used, or two rows give one prompt different answers.
+        TaskDataError: a row cannot be used, two rows give one prompt different answers, or
+            the grader cannot read an answer.
+        envs.grading.GraderUnavailable: the grader could not run to check the answers.
         OSError: the file cannot be read.
     """
     path = Path(path)
     source = data_source or path.stem
     tasks: list[Task] = []
+    where: list[tuple[int, str]] = []  # (row, answer field) of each task
     seen: dict[str, tuple[int, str]] = {}  # key -> (row, answer)
     for number, row in _rows(path):
         if limit is not None and len(tasks) >= limit:
             break
         try:
-            task = _task_from_row(row, source)
+            task, answer_field = _task_from_row(row, source)
         except _FieldError as e:
             raise TaskDataError(path, number, e.field, e.problem) from None
         if task.key in seen:
@@ -200,4 +236,10 @@ def load_tasks(
             continue
         seen[task.key] = (number, task.answer)
         tasks.append(task)
+        where.append((number, answer_field))
+    if check_answers and tasks:
+        reasons = (grader or default_grader()).check_golds([t.answer for t in tasks])
+        for (number, field), reason in zip(where, reasons, strict=True):
+            if reason is not None:
+                raise TaskDataError(path, number, field, f"the grader cannot read it: {reason}")
     return tasks

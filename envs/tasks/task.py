@@ -6,9 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from envs.grading import AnswerOrder
 from envs.tasks.keys import prompt_key
 
-__all__ = ["ChatMessage", "Task"]
+__all__ = ["ANSWER_ORDERS", "AnswerOrder", "ChatMessage", "Task"]
+
+ANSWER_ORDERS: tuple[AnswerOrder, ...] = ("notation", "ordered", "unordered")
+"""The values of :attr:`Task.answer_order`."""
 
 
 @dataclass(frozen=True)
@@ -21,7 +25,7 @@ class ChatMessage:
 
 @dataclass(frozen=True)
 class Task:
-    """One problem: what the policy is asked, and what its answer is checked against.
+    r"""One problem: what the policy is asked, and what its answer is checked against.
 
     Attributes:
         key: the canonical prompt key of :attr:`problem` (see :mod:`envs.tasks.keys`).
@@ -30,6 +34,10 @@ class Task:
             are scored by their own scorer (some reasoning-gym datasets).
         data_source: where the task comes from (verl's ``data_source``, or the file name).
         extra: anything else the source carried (verl's ``extra_info``, generator settings).
+        answer_order: whether the order of a list answer matters, as the grader reads it
+            (:data:`envs.grading.AnswerOrder`): "notation" (the default: a set ``\{…\}`` is
+            unordered, a tuple or a list of values ordered), or "ordered" / "unordered" when
+            the problem says ("enter all solutions" is unordered).
     """
 
     key: str
@@ -37,6 +45,7 @@ class Task:
     answer: str
     data_source: str
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    answer_order: AnswerOrder = "notation"
 
     @classmethod
     def create(
@@ -45,10 +54,21 @@ class Task:
         answer: str,
         data_source: str,
         extra: Mapping[str, Any] | None = None,
+        *,
+        answer_order: AnswerOrder = "notation",
     ) -> Task:
-        """Build a task, deriving its key from the problem text."""
+        """Build a task, deriving its key from the problem text.
+
+        Raises:
+            ValueError: ``answer_order`` is not one of :data:`ANSWER_ORDERS`.
+        """
+        if answer_order not in ANSWER_ORDERS:
+            raise ValueError(
+                f"answer_order must be one of {', '.join(ANSWER_ORDERS)}, got {answer_order!r}"
+            )
         task = cls("", prompt, answer, data_source, dict(extra or {}))
-        return cls(prompt_key(task.problem), prompt, answer, data_source, task.extra)
+        key = prompt_key(task.problem)
+        return cls(key, prompt, answer, data_source, task.extra, answer_order)
 
     @property
     def problem(self) -> str:

@@ -7,13 +7,22 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from envs.grading import AnswerOrder, GradeResult
+
 console = Console(stderr=True)
+_ORDERS: tuple[AnswerOrder, ...] = ("notation", "ordered", "unordered")
+
+
+def _order(value: object) -> AnswerOrder | None:
+    return next((o for o in _ORDERS if o == value), None)
 
 
 @dataclass(frozen=True)
@@ -22,6 +31,8 @@ class _Case:
     gold: str
     pred: str
     expected: bool | None
+    order: AnswerOrder = "notation"
+    raw: bool = False
 
 
 def _read_cases(path: Path) -> list[_Case]:
@@ -44,7 +55,16 @@ def _read_cases(path: Path) -> list[_Case]:
             expected = row.get("expected_equal")
             if expected is not None and not isinstance(expected, bool):
                 raise ValueError(f"{where}: field 'expected_equal' must be true or false")
-            cases.append(_Case(str(row.get("id", number)), row["gold"], row["pred"], expected))
+            order = _order(row.get("answer_order", "notation"))
+            if order is None:
+                raise ValueError(
+                    f"{where}: field 'answer_order' must be one of {', '.join(_ORDERS)}"
+                )
+            raw = row.get("raw", False)
+            if not isinstance(raw, bool):
+                raise ValueError(f"{where}: field 'raw' must be true or false")
+            case_id = str(row.get("id", number))
+            cases.append(_Case(case_id, row["gold"], row["pred"], expected, order, raw))
     return cases
 
 
@@ -56,12 +76,19 @@ def grade(
     cases: Path | None = typer.Option(
         None,
         "--cases",
-        help="JSONL file: {gold, pred, expected_equal?, id?} per line, graded in parallel.",
+        help="JSONL file: {gold, pred, expected_equal?, id?, answer_order?, raw?} per line, "
+        "graded in parallel.",
     ),
     json_lines: bool = typer.Option(
         False, "--json", help="Print one JSON object per case on stdout (summary on stderr)."
     ),
     raw: bool = typer.Option(False, "--raw", help="PRED is the answer itself, not a response."),
+    order: str = typer.Option(
+        "notation",
+        "--order",
+        help="Whether the order of a list answer matters: notation (a set is unordered, a "
+        "tuple or list ordered), ordered, unordered. A cases row's answer_order overrides it.",
+    ),
     workers: int = typer.Option(2, min=1, help="math-verify worker processes."),
     timeout: float = typer.Option(
         5.0, min=0.01, help="CPU seconds math-verify may spend on one answer."
@@ -72,8 +99,12 @@ def grade(
     Exit status: for one pair 0 if PRED is graded correct, else 1; for --cases 0, or 2 if the
     file cannot be read.
     """
-    from envs.grading import Grader
+    from envs.grading import Grader, GradeRequest
 
+    default_order = _order(order)
+    if default_order is None:
+        console.print(f"[red]error:[/red] --order must be one of {', '.join(_ORDERS)}")
+        raise typer.Exit(2)
     if (cases is None) == (gold is None or pred is None):
         console.print("[red]error:[/red] give GOLD and PRED, or --cases FILE (not both)")
         raise typer.Exit(2)
@@ -85,11 +116,21 @@ def grade(
             raise typer.Exit(2) from exc
     else:
         assert gold is not None and pred is not None
-        rows = [_Case("1", gold, pred, None)]
+        rows = [_Case("1", gold, pred, None, default_order)]
+
+    def request(case: _Case) -> GradeRequest:
+        return (case.gold, case.pred, case.order if case.order != "notation" else default_order)
 
     with Grader(workers=workers, timeout=timeout) as grader:
         start = time.perf_counter()
-        results = grader.grade_many([(c.gold, c.pred) for c in rows], extract=not raw)
+        # Rows marked raw (or all, with --raw) hold answers; the others whole responses.
+        answers = [i for i, c in enumerate(rows) if raw or c.raw]
+        responses = [i for i, c in enumerate(rows) if not (raw or c.raw)]
+        graded: dict[int, GradeResult] = {}
+        for indices, extract in ((answers, False), (responses, True)):
+            verdicts = grader.grade_many([request(rows[i]) for i in indices], extract=extract)
+            graded.update(zip(indices, verdicts, strict=True))
+        results = [graded[i] for i in range(len(rows))]
         elapsed = time.perf_counter() - start
 
     if json_lines:

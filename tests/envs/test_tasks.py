@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -27,7 +28,15 @@ from envs.tasks import (
     score_reasoning_gym,
 )
 
-AIME24 = Path(__file__).resolve().parents[3] / "shared" / "data" / "aime24.jsonl"
+# shared/ sits beside the checkout (or beside the folder of worktrees that holds it)
+AIME24 = next(
+    (
+        d / "shared" / "data" / "aime24.jsonl"
+        for d in Path(__file__).resolve().parents[3:5]
+        if (d / "shared" / "data" / "aime24.jsonl").is_file()
+    ),
+    Path(__file__).resolve().parents[3] / "shared" / "data" / "aime24.jsonl",
+)
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:
@@ -195,6 +204,89 @@ def test_bad_files(tmp_path):
         load_tasks(tmp_path / "missing.jsonl")
 
 
+@pytest.fixture(scope="module")
+def grader():
+    with Grader(workers=2, timeout=5.0) as g:
+        yield g
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ({"problem": "Q3", "answer": "\\frac{1}{"}, "answer"),
+        ({"problem": "Q3", "final_answer": "="}, "final_answer"),
+        (
+            {"prompt": "Q3", "reward_model": {"ground_truth": "(1, \\sqrt{)"}},
+            "reward_model.ground_truth",
+        ),
+        ({"prompt": "Q3", "reward_model": {"ground_truth": "???"}}, "reward_model.ground_truth"),
+    ],
+)
+def test_an_answer_the_grader_cannot_read_is_rejected_as_the_file_loads(
+    tmp_path, grader, row, field
+):
+    fine = [{"problem": "Q1", "answer": "\\frac{\\sqrt{3}}{2}"}, {"problem": "Q2", "answer": "odd"}]
+    path = write_jsonl(tmp_path / "bad_gold.jsonl", [*fine, row])
+    with pytest.raises(TaskDataError) as err:
+        load_tasks(path, grader=grader)
+    assert (err.value.path, err.value.row, err.value.field) == (path, 3, field)
+    assert "the grader cannot read it" in str(err.value)
+    assert len(load_tasks(path, check_answers=False)) == 3  # for answers another scorer judges
+    assert len(load_tasks(path, limit=2, grader=grader)) == 2
+
+
+def test_readable_answers_load(tmp_path, grader):
+    answers = ["42", "-3/4", "1,\\!000", "\\text{Evelyn}", "north-east", "(1, \\frac{\\pi}{2})",
+               "\\{1, 2\\}", "1, 2, \\ldots, n", "x^2 + 1", "10\\%", "[0, 1)", "E'"]  # fmt: skip
+    rows = [{"problem": f"Q{i}", "answer": a} for i, a in enumerate(answers)]
+    tasks = load_tasks(write_jsonl(tmp_path / "fine.jsonl", rows), grader=grader)
+    assert [t.answer for t in tasks] == answers
+
+
+def test_answer_order_is_read_from_the_row(tmp_path):
+    rows = [
+        {"prompt": "Roots?", "reward_model": {"ground_truth": "1, 2"}, "extra_info": {"answer_order": "unordered"}},
+        {"problem": "Point?", "answer": "(1, 2)", "answer_order": "ordered"},
+        {"problem": "Pair?", "answer": "(1, 2)"},
+    ]  # fmt: skip
+    roots, point, pair = load_tasks(write_jsonl(tmp_path / "orders.jsonl", rows))
+    assert (roots.answer_order, point.answer_order, pair.answer_order) == (
+        "unordered",
+        "ordered",
+        "notation",
+    )
+    assert "answer_order" not in point.extra and roots.extra["answer_order"] == "unordered"
+    rows[2]["answer_order"] = "sorted"
+    with pytest.raises(TaskDataError) as err:
+        load_tasks(write_jsonl(tmp_path / "bad_order.jsonl", rows))
+    assert (err.value.row, err.value.field) == (3, "answer_order")
+    rows[2] = {
+        "prompt": "P",
+        "reward_model": {"ground_truth": "1"},
+        "extra_info": {"answer_order": 1},
+    }
+    with pytest.raises(TaskDataError) as err:
+        load_tasks(write_jsonl(tmp_path / "bad_order.jsonl", rows))
+    assert (err.value.row, err.value.field) == (3, "extra_info.answer_order")
+    with pytest.raises(ValueError, match="answer_order"):
+        Task.create("Q", "1", "demo", answer_order="sideways")  # type: ignore[arg-type]
+
+
+def test_loading_a_dapo_sized_file_stays_fast(tmp_path):
+    # DAPO-Math-17k's answers are integers: the check needs no math-verify worker at all.
+    rows = [
+        {"prompt": [{"role": "user", "content": f"Problem {i}"}], "reward_model": {"ground_truth": str(i * 7919 % 100_003)}}
+        for i in range(17_000)
+    ]  # fmt: skip
+    path = write_jsonl(tmp_path / "dapo.jsonl", rows)
+    with Grader(workers=1) as grader:
+        start = time.perf_counter()
+        assert len(load_tasks(path, grader=grader)) == 17_000
+        elapsed = time.perf_counter() - start
+        assert grader.worker_pids() == []
+    assert elapsed < 20.0  # ~2 s here; minutes would mean a worker call per row
+
+
 # --------------------------------------------------------------------------- arithmetic
 
 
@@ -225,6 +317,13 @@ def test_arithmetic_tasks_are_deterministic():
     assert tasks == arithmetic_tasks(10, seed=3)
     assert tasks[:4] == arithmetic_tasks(4, seed=3)  # a shorter list is a prefix
     assert {t.key for t in tasks}.isdisjoint(t.key for t in arithmetic_tasks(10, seed=4))
+
+
+def test_arithmetic_answers_pass_the_gold_check_without_a_worker():
+    with Grader(workers=1) as grader:
+        golds = [t.answer for t in arithmetic_tasks(300, digits=4, operations=3, seed=5)]
+        assert grader.check_golds(golds) == [None] * len(golds)
+        assert grader.worker_pids() == []  # integers and p/q: judged without math-verify
 
 
 def test_arithmetic_answers_grade_in_every_usual_form():
