@@ -41,6 +41,7 @@ from envs.generation import GenerationSpec, ObservationPlacement, ObservationRol
 from envs.grading import (
     Grader,
     GradeResult,
+    GraderUnavailable,
     agrade,
     equivalence_classes,
     extract_boxed,
@@ -78,6 +79,7 @@ __all__ = [
     "GenerationSpec",
     "GradeResult",
     "Grader",
+    "GraderUnavailable",
     "MalformedCall",
     "ObservationPlacement",
     "ObservationRole",

@@ -115,6 +115,7 @@ from envs.formats import (
     truncate_text,
 )
 from envs.generation import GenerationSpec
+from envs.grading import GradeResult
 from envs.pool_loop import default_pool, on_pool_loop, pool_loop, run_sync, spawn
 from envs.spaces import AnyText
 from envs.tasks import Task
@@ -192,6 +193,18 @@ class Score:
     reward: float
     status: ScoreStatus = "ok"
     detail: str = ""
+
+    @classmethod
+    def from_grade(cls, grade: GradeResult) -> Score:
+        """The binary verdict of a math grade (:mod:`envs.grading`): 1 if correct, else 0.
+
+        Raises:
+            ScoreUnavailable: the grader could not run after retries, or cannot read the gold
+                answer — not the model's 0.
+        """
+        if grade.status == "unavailable":
+            raise ScoreUnavailable(grade.detail)
+        return cls(1.0 if grade.correct else 0.0, grade.status, f"{grade.method}: {grade.detail}")
 
 
 class StepTimings(TypedDict, total=False):

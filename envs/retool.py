@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import jinja2
 
-from envs.core import Episode, Score, ScoreUnavailable, TaskSource, ToolEnv
+from envs.core import Episode, Score, TaskSource, ToolEnv
 from envs.formats import (
     CODE_INTERPRETER,
     Tool,
@@ -207,14 +207,8 @@ class ReToolEnv(ToolEnv):
             if problem:
                 return Score(0.0, status="format", detail=problem)
         task = episode.task
-        grade = await agrade(task.answer, episode.response, order=task.answer_order)
-        if grade.status == "unavailable":
-            # The grader could not run, or cannot read the gold: not the model's 0.
-            raise ScoreUnavailable(grade.detail)
-        return Score(
-            1.0 if grade.correct else 0.0,
-            status=grade.status,
-            detail=f"{grade.method}: {grade.detail}",
+        return Score.from_grade(
+            await agrade(task.answer, episode.response, order=task.answer_order)
         )
 
     def demo_actions(self) -> list[str]:

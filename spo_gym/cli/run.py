@@ -83,7 +83,14 @@ def run(
         else:
             # The env's own task source; making it acquires nothing.
             tasks = envs.make(env_id, **options).sample_tasks(n, seed=seed)
-    except (envs.TaskDataError, envs.EnvIdError, envs.EnvNotFoundError, OSError, ValueError) as exc:
+    except (
+        envs.TaskDataError,
+        envs.EnvIdError,
+        envs.EnvNotFoundError,
+        envs.GraderUnavailable,
+        OSError,
+        ValueError,
+    ) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     if not tasks:

@@ -366,3 +366,14 @@ def test_sample_tasks_draws_distinct_tasks_from_the_task_source(
         generated.sample_tasks(4)
     with pytest.raises(ValueError, match="declares no task source"):
         echo_env().sample_tasks(1)
+
+
+def test_score_from_grade_masks_an_unavailable_grade() -> None:
+    from envs import GradeResult
+
+    assert Score.from_grade(GradeResult(True, "numeric", "ok", "7")) == Score(
+        1.0, "ok", "numeric: 7"
+    )
+    assert Score.from_grade(GradeResult(False, "none", "no_answer", "")).reward == 0.0
+    with pytest.raises(ScoreUnavailable, match="worker did not start"):
+        Score.from_grade(GradeResult(False, "none", "unavailable", "worker did not start"))

@@ -130,8 +130,7 @@ class CalculatorEnv(ToolEnv):
         return extract_boxed(action) is not None
 
     async def score(self, episode: Episode) -> Score:
-        grade = await agrade(episode.task.answer, episode.response)
-        return Score(float(grade.correct), status=grade.status, detail=grade.detail)
+        return Score.from_grade(await agrade(episode.task.answer, episode.response))
 
     def demo_actions(self) -> list[str]:
         if self.episode is None:
