@@ -151,6 +151,7 @@ class ContainerFactory:
             **self.overrides,
         )
         container_id: str | None = None
+        creating: asyncio.Future[Any] | None = None
         try:
             # The daemon call runs on in its thread if we are cancelled; settle() waits for
             # it, so a pool that closes can still find and remove what it creates.
@@ -158,7 +159,7 @@ class ContainerFactory:
                 self._run_blocking(self.client.containers.run, **kwargs)
             )
             self._creating.add(creating)
-            creating.add_done_callback(self._creating.discard)
+            creating.add_done_callback(self._settled)
             container = await asyncio.shield(creating)
             container_id = container.id
             reader, writer = await asyncio.wait_for(connected, cfg.start_timeout_s)
@@ -174,7 +175,13 @@ class ContainerFactory:
         except BaseException:
             if container_id is not None:
                 await self._run_blocking(remove_container, self.client, container_id)
-            shutil.rmtree(sock_dir, ignore_errors=True)
+            if creating is not None and not creating.done():
+                # Cut short while the daemon still creates and starts the container: its
+                # mount source must outlive that call (the pool removes the container by
+                # label once settled).
+                creating.add_done_callback(lambda _: shutil.rmtree(sock_dir, ignore_errors=True))
+            else:
+                shutil.rmtree(sock_dir, ignore_errors=True)
             raise
         finally:
             server.close()
@@ -192,6 +199,12 @@ class ContainerFactory:
     async def settle(self) -> None:
         """Waits until no container creation is still running in a worker thread."""
         await asyncio.gather(*self._creating, return_exceptions=True)
+
+    def _settled(self, creating: asyncio.Future[Any]) -> None:
+        self._creating.discard(creating)
+        if not creating.cancelled():
+            # Retrieved here: a creation whose caller was cancelled has nobody to raise to.
+            creating.exception()
 
 
 async def _read_hello(reader: asyncio.StreamReader, timeout: float) -> dict[str, Any]:

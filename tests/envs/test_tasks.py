@@ -28,15 +28,8 @@ from envs.tasks import (
     score_reasoning_gym,
 )
 
-# shared/ sits beside the checkout (or beside the folder of worktrees that holds it)
-AIME24 = next(
-    (
-        d / "shared" / "data" / "aime24.jsonl"
-        for d in Path(__file__).resolve().parents[3:5]
-        if (d / "shared" / "data" / "aime24.jsonl").is_file()
-    ),
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "aime24.jsonl",
-)
+# shared/ sits beside the checkout, in CI too.
+AIME24 = Path(__file__).resolve().parents[3] / "shared" / "data" / "aime24.jsonl"
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:
