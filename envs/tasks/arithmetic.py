@@ -108,6 +108,7 @@ def arithmetic_tasks(
             "expression": text,
             "digits": digits,
             "operations": operations,
+            "division": division,
             "seed": seed,
             "index": len(tasks),
         }
