@@ -155,6 +155,7 @@ class Learner:
         self.store = ResponseStore(args.response_store_size)
         self.steps = 0
         self.episodes = 0
+        self.last_batch: Batch | None = None  # the latest batch, for live views and checks
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -194,6 +195,7 @@ class Learner:
             batch = await self.engine.next_batch(a.batch_size, a.extra)
         rollout_wait_s = time.monotonic() - t0
         self.episodes += len(batch.trajectories)
+        self.last_batch = batch
         version = self.policy.version
         trajectories = sorted(batch.trajectories, key=lambda t: (t.prompt_key, t.sample_index))
         # Masked trajectories leave here, before any statistic, loss or tracker update.
@@ -214,7 +216,7 @@ class Learner:
         )
         # §2.5: π_old recomputed, then PPO-Clip with truncated importance weights on tokens of
         # older versions — off the event loop, so the episodes in flight keep running.
-        update = await idle.during(self._update, data, adv.episode)
+        update = await idle.during(self.update, data, adv.episode)
         # §2.6: ρ from each prompt's stored last response, then the tracker update.
         rho = np.zeros(0)
         first_visit = 0.0
@@ -258,7 +260,10 @@ class Learner:
 
     # -- §2.5: the policy update --------------------------------------------------------------
 
-    def _update(self, data: TrainBatch, advantages: torch.Tensor) -> UpdateResult:
+    def update(self, data: TrainBatch, advantages: torch.Tensor) -> UpdateResult:
+        """§2 step 5 on ``data`` with per-row advantages ``advantages`` ([N]): recompute π_old,
+        then ``epochs`` passes of mini-batch AdamW steps over micro-batch-accumulated PPO-Clip
+        gradients. Runs in the calling thread (the loop calls it off the event loop)."""
         a = self.args
         model = self.model
         if not len(data) or data.num_tokens == 0:
