@@ -161,7 +161,7 @@ async def evaluate_heldout(
 
     Raises:
         ValueError: ``k < 1`` or ``temperature <= 0``.
-        RolloutError: too many episodes of one problem were masked.
+        RolloutError: too many episodes were masked (more than half).
     """
     if k < 1 or not temperature > 0:
         raise ValueError(f"need k >= 1 and temperature > 0, got k={k}, temperature={temperature}")

@@ -123,7 +123,7 @@ async def offline_values(
 
     Raises:
         ValueError: ``k < 1``, no tasks, or a key listed twice.
-        RolloutError: too many episodes of one prompt were masked.
+        RolloutError: too many episodes were masked (more than half).
     """
     key = offline_cache_key(model_id, tasks, spec, k)
     folder = Path(cache_dir)

@@ -10,16 +10,19 @@ is set wide enough never to hold admission back.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from agents.engine import RolloutEngine
+from agents.engine import RolloutEngine, RolloutError
 from agents.episode_request import EpisodeFn
 from agents.policy import Policy
 from agents.trajectory import Trajectory
 from envs.tasks import Task
 
 __all__ = ["SamplingProgress", "sample_each_task"]
+
+_MIN_JUDGED = 32  # episodes finished before the masked share can fail a pass
 
 
 @dataclass(frozen=True)
@@ -82,13 +85,14 @@ async def sample_each_task(
         episodes_in_flight: about how many episodes run at once (whole groups of ``k``, at
             least one group).
         episode_timeout_s: active-time budget of one episode (see :class:`RolloutEngine`).
-        max_masked_share: share of one prompt's ``k`` episodes that may be masked before the
-            pass fails with :class:`~agents.engine.RolloutError`.
+        max_masked_share: share of the episodes that may be masked; judged once
+            ``min(len(tasks)·k, 32)`` episodes have finished and after every prompt since, it
+            fails the pass with :class:`~agents.engine.RolloutError` when exceeded.
         on_progress: called after each prompt's episodes have finished.
 
     Raises:
         ValueError: ``k < 1``, no tasks, or a task key listed twice.
-        RolloutError: too many episodes failed (see ``max_masked_share``).
+        RolloutError: too many episodes were masked (see ``max_masked_share``).
     """
     if k < 1:
         raise ValueError(f"need k >= 1 samples per prompt, got {k}")
@@ -98,24 +102,41 @@ async def sample_each_task(
     if len(set(keys)) != len(keys):
         raise ValueError("the task set lists a prompt key twice")
     groups_in_flight = max(1, min(len(tasks), episodes_in_flight // k))
+    # The engine's masking checks judge one batch; here a batch is one group, possibly of one
+    # episode, so the share is judged over the pass instead (below).
     engine = RolloutEngine(
         episode_fn,
         _EachOnce(tasks),
         policy=policy,
         episode_timeout_s=episode_timeout_s,
         max_staleness=groups_in_flight,
-        max_masked_share=max_masked_share,
+        max_error_rate=1.0,
+        max_masked_share=1.0,
     )
     out: dict[str, list[Trajectory]] = {}
     episodes = masked = 0
+    reasons: Counter[str] = Counter()
+    judge_after = min(len(tasks) * k, _MIN_JUDGED)
     t0 = time.monotonic()
     try:
         while len(out) < len(tasks):
-            batch = await engine.next_group_batch(1, k, groups_in_flight)
+            try:
+                batch = await engine.next_group_batch(1, k, groups_in_flight)
+            except RolloutError as exc:  # an all-masked group: counted like any other
+                if exc.batch is None:
+                    raise
+                batch = exc.batch
             for traj in batch.trajectories:
                 out.setdefault(traj.prompt_key, []).append(traj)
             episodes += batch.stats.size
             masked += batch.stats.masked
+            reasons.update(batch.stats.mask_reasons)
+            if episodes >= judge_after and masked > max_masked_share * episodes:
+                summary = "; ".join(f"{n}x {r}" for r, n in reasons.most_common(3))
+                raise RolloutError(
+                    f"{masked} of {episodes} episodes masked "
+                    f"(max_masked_share {max_masked_share:g}): {summary}"
+                )
             if on_progress is not None:
                 on_progress(
                     SamplingProgress(len(out), len(tasks), episodes, masked, time.monotonic() - t0)
