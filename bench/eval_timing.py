@@ -7,7 +7,7 @@ folder). Both through the real rollout engine, env and Docker sandbox (container
 after a scrub).
 
 Usage (from the repository root; ``bench/spo_core.py`` would shadow the package if run as a
-file): ``python -m bench.eval_timing --model PATH_OR_NAME [--tiers d1o1,d2o1] [--heldout 300]
+file): ``python -m bench.eval_timing --model PATH_OR_NAME [--tiers d2o1,d3o1,d3o2] [--heldout 300]
 [--prompts 200] [--k 8] [--max-tokens 256] [--env-id ID] [--env-options JSON]
 [--episodes-in-flight 32] [--skip-offline] [--skip-heldout]``. The last stdout line is one JSON
 object with every figure.
@@ -98,7 +98,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--tiers", default="d1o1,d2o1,d3o1")
+    parser.add_argument("--tiers", default="d2o1,d3o1,d3o2")
     parser.add_argument("--heldout", type=int, default=300)
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--k", type=int, default=8)
