@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ class AnswerKeyPolicy:
         tokenizer: PreTrainedTokenizerBase,
         tasks: Sequence[Task],
         right: Rule,
-        fail: set[tuple[str, bool, int]] = frozenset(),  # type: ignore[assignment]
+        fail: Collection[tuple[str, bool, int]] = (),
     ) -> None:
         self.tokenizer = tokenizer
         self.tasks = list(tasks)
