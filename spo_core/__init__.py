@@ -41,6 +41,7 @@ from spo_core.offline import (
     ema_prior,
     read_authors_json,
     read_offline_jsonl,
+    read_offline_table,
     write_offline_jsonl,
 )
 from spo_core.rho import forgetting_factor, logprob_drift, rho_from_drift
@@ -76,6 +77,7 @@ __all__ = [
     "policy_loss",
     "read_authors_json",
     "read_offline_jsonl",
+    "read_offline_table",
     "rho_from_drift",
     "spo_advantages",
     "write_offline_jsonl",
