@@ -1,4 +1,3 @@
-<<<<<<< HEAD
 """The SPO learner and what runs around it: the training loop, checkpoints and resume, offline
 values, held-out evaluation, metrics and learning curves.
 
@@ -41,6 +40,3 @@ __all__ = [
     "score",
     "tracker_for",
 ]
-=======
-"""The learner: training loops that update a policy's weights (supervised warm start, SPO)."""
->>>>>>> nano

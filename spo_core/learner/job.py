@@ -25,7 +25,7 @@ from agents.episode_fn import EpisodeSpec, episode_fn
 from agents.hf_policy import HFPolicy
 from agents.models import cache_dir, resolve_model
 from agents.policy import SamplingParams
-from envs.tasks import Tier, tier_of, tier_tasks
+from envs.tasks import Task, Tier, tier_of, tier_tasks
 from sandbox import SandboxConfig, SandboxPool
 from spo_core.learner.args import Ablation, LearnerArgs
 from spo_core.learner.curves import plot_learning_curves
@@ -192,22 +192,25 @@ class _Model:
     env_id: str
     env_options: dict[str, Any]
     max_tokens: int
+    seen: list[Task]  # problems the model was fine-tuned on: kept out of training and held-out
 
 
 def _resolve_model(config: JobConfig, observer: JobObserver) -> _Model:
     """The model folder and the env variant that fits it."""
     if config.model in ("nano", "nano-ci"):
         from agents.nano import CI_CONFIG, DEFAULT_CONFIG
-        from spo_core.learner.sft import warm_start
+        from spo_core.learner.sft import CI_RECIPE, DEFAULT_RECIPE, recipe_tasks, warm_start
 
-        nano = CI_CONFIG if config.model == "nano-ci" else DEFAULT_CONFIG
-        observer.stage("warm start", f"nano model {config.model} (SFT, cached)")
-        path = warm_start(nano, seed=0)
-        return _Model(path, _NANO_ENV, {}, max_tokens=200)
+        ci = config.model == "nano-ci"
+        nano, recipe = (CI_CONFIG, CI_RECIPE) if ci else (DEFAULT_CONFIG, DEFAULT_RECIPE)
+        observer.stage("warm start", f"{config.model}: SFT on {', '.join(recipe.tiers)} (cached)")
+        path = warm_start(nano, recipe, seed=0, progress=lambda line: observer.stage("SFT", line))
+        seen = recipe_tasks(recipe, seed=0)[0]
+        return _Model(path, _NANO_ENV, {}, max_tokens=200, seen=seen)
     if config.model == "smollm2":
         path = resolve_model("smollm2-135m")
-        return _Model(path, _SMOLLM_ENV, {"demonstrations": 1}, max_tokens=384)
-    return _Model(Path(config.model), _SMOLLM_ENV, {}, max_tokens=384)
+        return _Model(path, _SMOLLM_ENV, {"demonstrations": 1}, max_tokens=384, seen=[])
+    return _Model(Path(config.model), _SMOLLM_ENV, {}, max_tokens=384, seen=[])
 
 
 def _learner_args(config: JobConfig, n_prompts: int) -> LearnerArgs:
@@ -279,7 +282,12 @@ async def run_job(config: JobConfig, observer: JobObserver) -> JobResult:
     try:
         # 2. Offline values (§5) of the candidate tiers' prompts: the tracker's start and the
         #    per-tier pass@1 / pass@k the tier choice reads. Cached by model, tasks, sampling.
-        candidate_tasks = tier_tasks(candidates, config.train_per_tier, config.train_seed)
+        sft_seen = {str(t.extra.get("expression")) for t in model_info.seen}
+        candidate_tasks = [
+            t
+            for t in tier_tasks(candidates, config.train_per_tier, config.train_seed)
+            if str(t.extra.get("expression")) not in sft_seen
+        ]
         observer.stage(
             "offline values",
             f"{len(candidate_tasks)} prompts x {config.offline_k} samples "
@@ -317,7 +325,10 @@ async def run_job(config: JobConfig, observer: JobObserver) -> JobResult:
         # 4. Held-out problems: a separate seed, no expression shared with training.
         per_tier = math.ceil(config.heldout_n / len(chosen))
         held: HeldoutSet = heldout_set(
-            [Tier.parse(n) for n in chosen], per_tier, config.heldout_seed, train
+            [Tier.parse(n) for n in chosen],
+            per_tier,
+            config.heldout_seed,
+            [*train, *model_info.seen],
         )
 
         async def evaluate_now(label: str) -> HeldoutReport:
