@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from agents.episode_fn import EpisodeSpec, episode_fn
@@ -259,6 +260,7 @@ async def run_job(config: JobConfig, observer: JobObserver) -> JobResult:
     """
     t_start = time.monotonic()
     validate(config)
+    transformers.utils.logging.disable_progress_bar()
     candidates = [Tier.parse(name) for name in config.tiers or config.candidate_tiers]
 
     # 1. The model: its warm start (nano), a rollout copy and a trainable copy.

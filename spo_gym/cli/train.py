@@ -63,6 +63,8 @@ class Plan:
     train_per_tier: int
     heldout_n: int
     heldout_seed: int
+    heldout_k: int
+    offline_k: int
     episode_budget: int | None
     steps: int | None
     eval_every: int
@@ -147,6 +149,10 @@ def train(
     train_per_tier: int = typer.Option(96, min=1, help="Training prompts per tier."),
     heldout_n: int = typer.Option(300, min=1, help="Held-out problems (a separate seed)."),
     heldout_seed: int = typer.Option(1_000_003, help="Seed of the held-out problems."),
+    heldout_k: int = typer.Option(4, min=1, help="Sampled episodes per held-out problem (avg@k)."),
+    offline_k: int = typer.Option(
+        8, min=1, help="Offline samples per prompt (tracker start; pass@k of the tier choice)."
+    ),
     episodes: int = typer.Option(1024, min=1, help="Training episode budget."),
     steps: int | None = typer.Option(None, min=1, help="Training steps (overrides --episodes)."),
     eval_every: int = typer.Option(8, min=0, help="Held-out evaluation every N steps (0: end)."),
@@ -203,6 +209,8 @@ def train(
         train_per_tier=train_per_tier,
         heldout_n=heldout_n,
         heldout_seed=heldout_seed,
+        heldout_k=heldout_k,
+        offline_k=offline_k,
         episode_budget=None if steps else episodes,
         steps=steps,
         eval_every=eval_every,
@@ -245,6 +253,8 @@ def _job_config(plan: Plan) -> Any:
         train_per_tier=plan.train_per_tier,
         heldout_n=plan.heldout_n,
         heldout_seed=plan.heldout_seed,
+        heldout_k=plan.heldout_k,
+        offline_k=plan.offline_k,
         episode_budget=plan.episode_budget or 1,
         steps=plan.steps,
         eval_every=plan.eval_every,
