@@ -198,7 +198,7 @@ class LearnerArgs:
             "total_steps" in overrides or "episode_budget" in overrides,
             "set total_steps or episode_budget: the run needs an end",
         )
-        return cls._for_method(cls(total_steps=1), method).with_overrides(**overrides)
+        return cls._for_method(cls(total_steps=1).with_overrides(**overrides), method)
 
     @classmethod
     def cpu(cls, method: Method = "spo", **overrides: object) -> LearnerArgs:
@@ -219,7 +219,7 @@ class LearnerArgs:
             response_store_size=10_000,
             episode_timeout_s=120.0,
         )
-        return cls._for_method(base, method).with_overrides(**overrides)
+        return cls._for_method(base.with_overrides(**overrides), method)
 
     @classmethod
     def _for_method(cls, base: LearnerArgs, method: Method) -> LearnerArgs:
