@@ -7,7 +7,7 @@ different baselines, so advantages are non-zero from the first step and every pa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +75,20 @@ async def test_a_short_run_trains_and_updates_exactly_the_sampled_prompts(
     tiny_tokenizer: PreTrainedTokenizerFast,
 ) -> None:
     args = LearnerArgs.cpu(
-        batch_size=6, extra=3, mini_batch_size=4, micro_batch_size=2, total_steps=4
-    )
+        batch_size=6, extra=3, mini_batch_size=4, micro_batch_size=2, total_steps=None,
+        episode_budget=24, eval_every=3,
+    )  # fmt: skip
     reports: list[StepReport] = []
     learner = make_learner(learner_pool, make_tiny_model, tiny_tokenizer, args)
     learner.on_step = reports.append
+    evaluations: list[tuple[int, bool, bool]] = []
+
+    async def evaluate(state: Mapping[str, torch.Tensor], version: int) -> dict[str, float]:
+        same = all(torch.equal(state[k], v) for k, v in learner.model.state_dict().items())
+        evaluations.append((version, learner.engine.paused, same))
+        return {"heldout_accuracy": version / 10}
+
+    learner.evaluate = evaluate
     start = params(learner)
     rho = args.spo.rho
     try:
@@ -105,6 +114,14 @@ async def test_a_short_run_trains_and_updates_exactly_the_sampled_prompts(
     finally:
         await learner.close()
     assert [r.step for r in reports] == [1, 2, 3, 4]
+    # Every eval_every steps and after the last, with rollouts paused, on the pushed weights.
+    assert evaluations == [(3, True, True), (4, True, True)]
+    assert [r.eval for r in reports] == [
+        {},
+        {},
+        {"heldout_accuracy": 0.3},
+        {"heldout_accuracy": 0.4},
+    ]
     assert reports[-1].episodes == 24 and reports[-1].policy_version == 4
     assert learner.policy.version == 4
     assert any(r.first_visit_share < 1 for r in reports)  # revisits re-scored their last response
