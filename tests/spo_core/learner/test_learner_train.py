@@ -272,3 +272,29 @@ async def test_grpo_groups_are_distinct_samples_of_one_prompt(
     finally:
         await learner.close()
     np.testing.assert_array_equal(tracker_before, learner.tracker.state_dict()["stats"])
+
+
+async def test_a_prompt_is_never_twice_in_a_batch_over_many_steps(
+    learner_pool: SandboxPool,
+    make_tiny_model: ModelFactory,
+    tiny_tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    # Half the task set in flight at once: the sampler must keep excluding running prompts.
+    args = LearnerArgs.cpu(
+        batch_size=6, extra=6, mini_batch_size=6, micro_batch_size=6, total_steps=12,
+        max_staleness=2,
+    )  # fmt: skip
+    learner = make_learner(learner_pool, make_tiny_model, tiny_tokenizer, args)
+    carried = 0
+    try:
+        while not learner.done:
+            report = await learner.step()
+            assert learner.last_batch is not None
+            keys = [t.prompt_key for t in learner.last_batch.trajectories]
+            assert len(keys) == len(set(keys)) == 6
+            assert report.staleness_max <= args.max_staleness
+            carried += learner.last_batch.stats.carried_in
+    finally:
+        await learner.close()
+    assert carried > 0  # episodes did carry over, so exclusion was exercised
+    assert learner.source.draws >= 12
