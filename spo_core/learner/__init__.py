@@ -1,4 +1,6 @@
-"""The SPO learner: the training loop around the rollout engine, checkpoints and resume.
+"""The learner: training loops that update a policy's weights — the SPO/GRPO loop around the
+rollout engine with its checkpoints (:mod:`spo_core.learner.loop`), and the supervised warm start
+(:mod:`spo_core.learner.sft`, imported on its own).
 
 Unlike the rest of :mod:`spo_core`, this subpackage imports ``agents`` and ``envs`` (it drives
 the rollout engine); ``import spo_core`` alone never loads it. See :mod:`spo_core.learner.loop`.
