@@ -16,10 +16,12 @@ import torch
 from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
 from agents.episode_fn import EpisodeSpec, episode_fn
+from agents.episode_request import EpisodeRequest
 from agents.hf_policy import HFPolicy
 from agents.policy import SamplingParams
+from agents.trajectory import Trajectory
 from envs import Task, arithmetic_tasks
-from sandbox import SandboxPool
+from sandbox import SandboxConfig, SandboxPool
 from spo_core.learner import Learner, LearnerArgs, StepReport, load_checkpoint
 from spo_core.offline import OfflineScores
 
@@ -298,3 +300,60 @@ async def test_a_prompt_is_never_twice_in_a_batch_over_many_steps(
         await learner.close()
     assert carried > 0  # episodes did carry over, so exclusion was exercised
     assert learner.source.draws >= 12
+
+
+async def test_masked_episodes_are_skipped_by_loss_statistics_tracker_and_store(
+    learner_pool: SandboxPool,
+    make_coder_model: Callable[[], Qwen3ForCausalLM],
+    tiny_tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    # Two prompts play on a pool whose Docker daemon does not exist: their first code cell finds no
+    # sandbox and the env masks the episode — a real infrastructure failure, not a stub.
+    tasks = arithmetic_tasks(8, digits=1, operations=1, seed=12)
+    lost = {tasks[0].key, tasks[1].key}
+    dead = SandboxPool(
+        SandboxConfig(docker_url="unix:///nonexistent/docker.sock", warm=0, acquire_timeout_s=0.5)
+    )  # never started: it cannot be
+    policy = HFPolicy(make_coder_model(), tiny_tokenizer, max_batch_size=8)
+    spec = EpisodeSpec(
+        SPEC.env_id,
+        env_options={"system_template": "", "generation": {"max_turns": 2, "max_turn_tokens": 40}},
+        sampling=SamplingParams(max_tokens=40, seed=7),
+    )
+    play = episode_fn(spec, policy, tiny_tokenizer, learner_pool)
+    fail = episode_fn(spec, policy, tiny_tokenizer, dead)
+
+    async def routed(request: EpisodeRequest) -> Trajectory:
+        return await (fail if request.task.key in lost else play)(request)
+
+    args = LearnerArgs.cpu(
+        batch_size=6, extra=0, mini_batch_size=6, micro_batch_size=3, total_steps=3
+    )
+    learner = Learner(
+        args, model=make_coder_model(), policy=policy, episode_fn=routed, tasks=tasks,
+        offline=offline_table(tasks), pad_id=tiny_tokenizer.pad_token_id,
+    )  # fmt: skip
+    masked_seen = used_tool = 0
+    try:
+        while not learner.done:
+            before = learner.tracker.state_dict()["stats"]
+            report = await learner.step()
+            batch = learner.last_batch
+            assert batch is not None
+            masked = [t for t in batch.trajectories if t.masked]
+            kept = [t for t in batch.trajectories if not t.masked]
+            assert {t.prompt_key for t in masked} <= lost
+            # "no sandbox became free …", then the pool's breaker: "the Docker daemon failed …"
+            assert all(t.termination_reason == "masked" and t.mask_reason for t in masked)
+            assert report.masked == len(masked) and report.trajectories == 6
+            assert report.tokens == sum(t.num_model_tokens for t in kept)
+            assert report.reward_mean == pytest.approx(np.mean([t.reward for t in kept]))
+            changed = np.flatnonzero((before != learner.tracker.state_dict()["stats"]).any(axis=0))
+            assert sorted(changed) == sorted(learner.tracker.rows([t.prompt_key for t in kept]))
+            masked_seen += len(masked)
+            used_tool += sum(t.used_tool for t in kept)
+    finally:
+        await learner.close()
+        await dead.close()
+    assert masked_seen >= 2 and used_tool > 0  # the others reached the real sandbox
+    assert not lost & set(learner.store.state_dict()["keys"])  # never stored, never re-scored
