@@ -26,7 +26,7 @@ from agents.hf_policy import HFPolicy
 from agents.policy import SamplingParams
 from envs.tasks import Tier, heldout_tasks
 from sandbox import SandboxConfig, SandboxPool
-from spo_core.learner.sft import DEFAULT_RECIPE, warm_start
+from spo_core.learner.sft import DEFAULT_RECIPE, recipe_tasks, warm_start
 
 TIERS = "d2o1,d3o1,d4o1,d5o1,d2o2,d3o2,d4o2,d3o3"
 EVAL_SEED = 424_242
@@ -36,7 +36,7 @@ async def evaluate(
     model: Path, tiers: list[str], n: int, k: int, concurrency: int
 ) -> dict[str, Any]:
     policy = HFPolicy.from_pretrained(model, max_batch_size=concurrency, seed=0)
-    train = [t for name, count in DEFAULT_RECIPE.mix for t in Tier.parse(name).tasks(count, 7_919)]
+    train, _ = recipe_tasks(DEFAULT_RECIPE, 0)
     results: dict[str, Any] = {}
     async with SandboxPool(SandboxConfig(reuse=True, warm=2, memory_mb=512)) as pool:
         for name in tiers:

@@ -40,7 +40,7 @@ import envs
 from agents.hf_policy import default_num_threads
 from agents.models import cache_dir
 from agents.nano import DEFAULT_CONFIG, NanoConfig, build_model, build_tokenizer, save_nano
-from envs.tasks import Tier, heldout_tasks
+from envs.tasks import Task, Tier, heldout_tasks
 from spo_core.learner.traces import Trace, render_traces
 
 __all__ = [
@@ -50,7 +50,11 @@ __all__ = [
     "SFTRecipe",
     "SFTReport",
     "cache_key",
+    "collate",
+    "heldout_loss",
     "load_report",
+    "recipe_tasks",
+    "recipe_traces",
     "train_sft",
     "warm_start",
     "warm_start_dir",
@@ -136,15 +140,16 @@ DEFAULT_RECIPE = SFTRecipe()
 """The warm start of the default nano: about four minutes on two cores."""
 
 CI_RECIPE = SFTRecipe(
-    mix=(("d1o1", 64), ("d2o1", 64)),
+    mix=(("d1o1", 128), ("d2o1", 256)),
     heldout_per_tier=8,
-    max_steps=30,
+    max_steps=100,
     batch_size=8,
-    warmup_steps=5,
-    eval_every=10,
+    lr=5e-3,
+    warmup_steps=10,
+    eval_every=25,
     patience=2,
 )
-"""A few seconds of training for CI: enough for the loss to fall, not to solve anything."""
+"""About ten seconds of training for CI: the format and the tool call are learnt, not much more."""
 
 
 @dataclass
@@ -253,27 +258,36 @@ def warm_start(
     return target
 
 
+def recipe_tasks(recipe: SFTRecipe, seed: int) -> tuple[list[Task], list[Task]]:
+    """The training and held-out trace tasks of a recipe and seed. They come from seeds of their
+    own, and the held-out ones share no expression with the training ones; an evaluation that
+    must not score a problem the warm start was trained on excludes the training tasks."""
+    task_seed = _TASK_SEED_OFFSET + seed
+    train = [t for name, n in recipe.mix for t in Tier.parse(name).tasks(n, task_seed)]
+    tiers = [Tier.parse(t) for t in recipe.tiers]
+    return train, heldout_tasks(tiers, recipe.heldout_per_tier, task_seed + 1, exclude=train)
+
+
 def recipe_traces(
     recipe: SFTRecipe, seed: int, tokenizer: Any, max_context_tokens: int
 ) -> tuple[list[Trace], list[Trace]]:
-    """The training and held-out traces of a recipe (held-out tasks share no expression with
-    the training ones)."""
-    task_seed = _TASK_SEED_OFFSET + seed
-    train_tasks = [t for name, n in recipe.mix for t in Tier.parse(name).tasks(n, task_seed)]
-    tiers = [Tier.parse(t) for t in recipe.tiers]
-    held = heldout_tasks(tiers, recipe.heldout_per_tier, task_seed + 1, exclude=train_tasks)
+    """The training and held-out traces of :func:`recipe_tasks`."""
+    train, held = recipe_tasks(recipe, seed)
     env = envs.make(recipe.env_id)
     try:
         return (
-            render_traces(train_tasks, env, tokenizer, max_context_tokens=max_context_tokens),
+            render_traces(train, env, tokenizer, max_context_tokens=max_context_tokens),
             render_traces(held, env, tokenizer, max_context_tokens=max_context_tokens),
         )
     finally:
         env.close()
 
 
-def _batch(traces: Sequence[Trace], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, attention mask and labels (-100 where no loss is taken)."""
+def collate(
+    traces: Sequence[Trace], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of traces: right-padded ids, attention mask, and labels that are the ids on the
+    model's own tokens and -100 (no loss) on the prompt, observations and padding."""
     width = max(len(t.input_ids) for t in traces)
     ids = torch.full((len(traces), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(traces), width), dtype=torch.long)
@@ -291,7 +305,7 @@ def _loss_sum(
     model: torch.nn.Module, traces: Sequence[Trace], pad_id: int
 ) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over the traces' model tokens, and their count."""
-    ids, attention, labels = _batch(traces, pad_id)
+    ids, attention, labels = collate(traces, pad_id)
     logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
     targets = labels[:, 1:]
     loss = torch.nn.functional.cross_entropy(

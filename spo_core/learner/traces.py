@@ -1,20 +1,25 @@
 r"""Ideal tool-use traces for the arithmetic family, token for token as a rollout makes them.
 
-The ideal episode of an arithmetic task has two model turns: code that computes the expression
-exactly with :class:`fractions.Fraction` (every operand wrapped, so ``/`` is exact division and
-the printed value is an integer or ``p/q`` in lowest terms, the form of the gold answer), then,
-after the interpreter's output, the answer in ``\boxed{}``::
+The ideal episode of an arithmetic task has two model turns: code that evaluates the expression
+exactly, then, after the interpreter's output, the answer in ``\boxed{}``. The code copies the
+expression verbatim into a string and has Python wrap every integer in
+:class:`fractions.Fraction`, so ``/`` is exact division and the printed value is an integer or
+``p/q`` in lowest terms, the form of the gold answer::
 
     <code>
     ```python
+    import re
     from fractions import Fraction as F
-    print((F(901) - F(337)) + F(384))
+    print(eval(re.sub(r"(\d+)", r"F(\1)", "(901 - 337) / 384")))
     ```
     </code><interpreter>
-    948
+    47/32
     </interpreter>
 
-    \boxed{948}<|im_end|>
+    \boxed{47/32}<|im_end|>
+
+A verbatim copy is what a small model learns first (an induction pattern); its errors grow with
+the length of the expression, which leaves room for reinforcement learning on harder tiers.
 
 A trace is rendered by the agents' own :class:`~agents.transcript.Transcript` from the env's own
 prompt, generation controls and observation format, with the model turns given as the ids a
@@ -47,7 +52,7 @@ from envs.tasks import Task
 
 __all__ = ["Trace", "TraceError", "ideal_actions", "ideal_code", "render_trace"]
 
-_NUMBER = re.compile(r"\d+")
+_EXPRESSION = re.compile(r"[0-9+\-*/() ]+")  # integers, operators, brackets and spaces
 
 
 class TraceError(ValueError):
@@ -72,9 +77,13 @@ class Trace:
 
 
 def ideal_code(expression: str) -> str:
-    """Python that prints the exact value of an arithmetic ``expression``."""
-    exact = _NUMBER.sub(lambda m: f"F({m.group()})", expression)
-    return f"from fractions import Fraction as F\nprint({exact})"
+    """Python that prints the exact value of an arithmetic ``expression`` (copied verbatim)."""
+    if not _EXPRESSION.fullmatch(expression):
+        raise TraceError(f"not an arithmetic expression: {expression!r}")
+    return (
+        "import re\nfrom fractions import Fraction as F\n"
+        f'print(eval(re.sub(r"(\\d+)", r"F(\\1)", "{expression}")))'
+    )
 
 
 def ideal_actions(task: Task, tool_format: ToolFormat = "retool") -> tuple[str, str]:

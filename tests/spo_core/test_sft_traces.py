@@ -54,7 +54,11 @@ class IdealPolicy:
 
 def test_ideal_code_is_exact_fraction_arithmetic() -> None:
     code = ideal_code("914 + (591 / 801)")
-    assert code.endswith("print(F(914) + (F(591) / F(801)))")
+    printed: list[object] = []
+    exec(code, {"print": printed.append})  # the code a trace teaches, run on the host
+    assert printed == [Fraction(244235, 267)] and '"914 + (591 / 801)"' in code
+    with pytest.raises(TraceError, match="not an arithmetic expression"):
+        ideal_code('1"); import os; ("')
     task = Tier.parse("d3o2").tasks(5, seed=0)[4]
     assert task.extra["expression"] == "914 + (591 / 801)"
     assert str(Fraction(914) + Fraction(591, 801)) == task.answer == "244235/267"
