@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen3ForCausalLM
 
 from agents.episode_fn import EpisodeSpec, episode_fn
 from agents.episode_request import EpisodeRequest
@@ -357,3 +357,28 @@ async def test_masked_episodes_are_skipped_by_loss_statistics_tracker_and_store(
         await dead.close()
     assert masked_seen >= 2 and used_tool > 0  # the others reached the real sandbox
     assert not lost & set(learner.store.state_dict()["keys"])  # never stored, never re-scored
+
+
+async def test_the_ci_nano_trains_in_its_env(learner_pool: SandboxPool, ci_nano: Path) -> None:
+    """The warm-started CI nano (its char-level tokenizer and chat template, the nano env)."""
+    policy = HFPolicy.from_pretrained(ci_nano, max_batch_size=16)
+    model = AutoModelForCausalLM.from_pretrained(ci_nano, dtype=torch.float32)
+    spec = EpisodeSpec("spo_gym/ReToolNano-v0", sampling=SamplingParams(max_tokens=96, seed=3))
+    tasks = arithmetic_tasks(32, digits=1, operations=1, seed=5)
+    args = LearnerArgs.cpu(
+        batch_size=8, extra=4, mini_batch_size=4, micro_batch_size=4, total_steps=2
+    )
+    learner = Learner(
+        args, model=model, policy=policy,
+        episode_fn=episode_fn(spec, policy, policy.tokenizer, learner_pool), tasks=tasks,
+        offline=offline_table(tasks), pad_id=policy.tokenizer.pad_token_id,
+    )  # fmt: skip
+    start = params(learner)
+    try:
+        reports = await learner.train()
+    finally:
+        await learner.close()
+    assert all(np.isfinite(r.loss) and r.grad_norm > 0 for r in reports)
+    assert all(r.behaviour_mismatch <= 1e-5 for r in reports)
+    assert reports[-1].tokens > 0 and reports[-1].llm_s > 0
+    assert any(not torch.equal(v, start[k]) for k, v in params(learner).items())
