@@ -131,6 +131,16 @@ class LearnerArgs:
             )
             _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
             _require(self.extra >= 0, f"extra must be >= 0, got {self.extra}")
+        sampler = self.spo.sampler
+        _require(
+            sampler.pool_size is None or sampler.pool_size >= self.prompts_in_flight,
+            f"spo.sampler.pool_size {sampler.pool_size} is smaller than the "
+            f"{self.prompts_in_flight} prompts drawn at once",
+        )
+        _require(
+            sampler.mode != "thompson" or self.spo.tracker.mode == "beta",
+            "Thompson sampling draws from Beta counts: it needs spo.tracker.mode='beta'",
+        )
         _require(self.max_staleness >= 0, "max_staleness must be >= 0")
         _require(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _require(

@@ -19,7 +19,7 @@ from agents.hf_policy import HFPolicy
 from agents.policy import SamplingParams
 from agents.trajectory import Trajectory
 from envs import Task, arithmetic_tasks
-from spo_core.config import SamplerConfig
+from spo_core.config import SamplerConfig, SPOConfig, TrackerConfig
 from spo_core.learner import (
     CheckpointError,
     Learner,
@@ -85,6 +85,18 @@ def test_ablations_are_switches_of_one_config() -> None:
             "uniformly",
         ),
         (lambda: LearnerArgs.cpu(lr=0.0), "lr"),
+        (
+            lambda: LearnerArgs.cpu(spo=SPOConfig(sampler=SamplerConfig(pool_size=16))),
+            "pool_size 16 is smaller than the 40 prompts",
+        ),
+        (
+            lambda: LearnerArgs.cpu(
+                spo=SPOConfig(
+                    sampler=SamplerConfig(mode="thompson"), tracker=TrackerConfig(mode="ema")
+                )
+            ),
+            "Thompson",
+        ),
         (lambda: LearnerArgs.cpu().ablation("bogus"), "unknown ablation"),  # type: ignore[arg-type]
     ],
 )
