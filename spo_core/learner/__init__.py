@@ -1,9 +1,9 @@
-"""The SPO learner and what runs around it: the training loop, checkpoints and resume, offline
-values, held-out evaluation, metrics and learning curves.
+"""The learner: training loops that update a policy's weights — the SPO/GRPO loop around the
+rollout engine with its checkpoints (:mod:`spo_core.learner.loop`), and the supervised warm start
+(:mod:`spo_core.learner.sft`, imported on its own).
 
-Unlike the rest of :mod:`spo_core`, this subpackage drives the rollout engine and the sandbox
-(it imports ``agents``, ``envs`` and ``sandbox``); ``import spo_core`` alone never loads it.
-See :mod:`spo_core.learner.loop`.
+Unlike the rest of :mod:`spo_core`, this subpackage imports ``agents`` and ``envs`` (it drives
+the rollout engine); ``import spo_core`` alone never loads it. See :mod:`spo_core.learner.loop`.
 """
 
 from spo_core.learner.args import ABLATIONS, Ablation, LearnerArgs, LearnerArgsError

@@ -131,6 +131,16 @@ class LearnerArgs:
             )
             _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
             _require(self.extra >= 0, f"extra must be >= 0, got {self.extra}")
+        sampler = self.spo.sampler
+        _require(
+            sampler.pool_size is None or sampler.pool_size >= self.prompts_in_flight,
+            f"spo.sampler.pool_size {sampler.pool_size} is smaller than the "
+            f"{self.prompts_in_flight} prompts drawn at once",
+        )
+        _require(
+            sampler.mode != "thompson" or self.spo.tracker.mode == "beta",
+            "Thompson sampling draws from Beta counts: it needs spo.tracker.mode='beta'",
+        )
         _require(self.max_staleness >= 0, "max_staleness must be >= 0")
         _require(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _require(
@@ -198,7 +208,7 @@ class LearnerArgs:
             "total_steps" in overrides or "episode_budget" in overrides,
             "set total_steps or episode_budget: the run needs an end",
         )
-        return cls._for_method(cls(total_steps=1), method).with_overrides(**overrides)
+        return cls._for_method(cls(total_steps=1).with_overrides(**overrides), method)
 
     @classmethod
     def cpu(cls, method: Method = "spo", **overrides: object) -> LearnerArgs:
@@ -219,7 +229,7 @@ class LearnerArgs:
             response_store_size=10_000,
             episode_timeout_s=120.0,
         )
-        return cls._for_method(base, method).with_overrides(**overrides)
+        return cls._for_method(base.with_overrides(**overrides), method)
 
     @classmethod
     def _for_method(cls, base: LearnerArgs, method: Method) -> LearnerArgs:

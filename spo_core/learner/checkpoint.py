@@ -4,7 +4,12 @@ A checkpoint is a directory ``step_00000012/`` holding ``learner.pt`` (model, op
 policy version, episodes, the sampler/source state, the §4 response store, the engine's
 admission counters and a fingerprint of the run) and ``tracker.npz`` (the value tracker, exact).
 It is written into a hidden temporary directory and renamed into place, so a crash leaves either
-the whole checkpoint or none. ``learner.pt`` is read with ``torch.load(weights_only=True)``:
+the whole checkpoint or none.
+
+When: between steps, after the weight push, while the learner is idle — model, optimizer,
+tracker and store are then one consistent state. Episodes may still be running; they are not
+saved: the prompts they hold are recorded as in flight, and a resumed run hands them out again
+before drawing new ones, so none is lost and none is ever in flight twice. ``learner.pt`` is read with ``torch.load(weights_only=True)``:
 plain tensors, numbers and strings only.
 """
 

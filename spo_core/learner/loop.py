@@ -383,7 +383,7 @@ class Learner:
         return {k: v.detach() for k, v in self.model.state_dict().items()}
 
     def _due(self, every: int) -> bool:
-        return (every > 0 and self.steps % every == 0) or (every > 0 and self.done)
+        return every > 0 and (self.steps % every == 0 or self.done)
 
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed by this learner."""

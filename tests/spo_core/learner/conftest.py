@@ -11,7 +11,11 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from envs import arithmetic_tasks
+from envs import make as make_env
 from sandbox import SandboxConfig, SandboxPool
+from spo_core.learner.batch import Row, pad
+from spo_core.learner.logprobs import response_logprobs
 
 CHAT_TEMPLATE = (
     "{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}"
@@ -69,6 +73,46 @@ def make_tiny_model(
             eos_token_id=tiny_tokenizer.eos_token_id,
         )
         return Qwen3ForCausalLM(config).eval()
+
+    return make
+
+
+CODE_ACTION = "<code>\n```python\nprint(6 * 7)\n```\n</code>"
+
+
+@pytest.fixture(scope="session")
+def make_coder_model(
+    tiny_tokenizer: PreTrainedTokenizerFast, make_tiny_model: Callable[[int], Qwen3ForCausalLM]
+) -> Callable[[], Qwen3ForCausalLM]:
+    """``make()``: the tiny model after a few seconds of supervised training to answer any chat
+    ReTool prompt with a code cell — a real model that calls the tool, so its episodes reach the
+    sandbox."""
+    torch.set_num_threads(1)
+    model = make_tiny_model(0).train()
+    response = tiny_tokenizer.encode(CODE_ACTION)
+    rows = []
+    env = make_env("spo_gym/ReTool-v0", system_template="")  # renders prompts, never runs one
+    for i, task in enumerate(arithmetic_tasks(8, digits=1, operations=1, seed=99)):
+        prompt = tiny_tokenizer.apply_chat_template(
+            env.prompt(task), add_generation_prompt=True, tokenize=False
+        )
+        ids = tiny_tokenizer.encode(prompt)
+        zeros = [0] * len(response)
+        rows.append(Row(str(i), ids, response, [1] * len(response), [0.0] * len(response), zeros))
+    data = pad(rows, 0, 0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        logp = response_logprobs(model, data)
+        loss = -(logp * data.response_mask).sum() / data.response_mask.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def make() -> Qwen3ForCausalLM:
+        copy = make_tiny_model(0)
+        copy.load_state_dict(state)
+        return copy
 
     return make
 

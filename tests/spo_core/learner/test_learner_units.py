@@ -19,7 +19,7 @@ from agents.hf_policy import HFPolicy
 from agents.policy import SamplingParams
 from agents.trajectory import Trajectory
 from envs import Task, arithmetic_tasks
-from spo_core.config import SamplerConfig
+from spo_core.config import SamplerConfig, SPOConfig, TrackerConfig
 from spo_core.learner import (
     CheckpointError,
     Learner,
@@ -85,6 +85,18 @@ def test_ablations_are_switches_of_one_config() -> None:
             "uniformly",
         ),
         (lambda: LearnerArgs.cpu(lr=0.0), "lr"),
+        (
+            lambda: LearnerArgs.cpu(spo=SPOConfig(sampler=SamplerConfig(pool_size=16))),
+            "pool_size 16 is smaller than the 40 prompts",
+        ),
+        (
+            lambda: LearnerArgs.cpu(
+                spo=SPOConfig(
+                    sampler=SamplerConfig(mode="thompson"), tracker=TrackerConfig(mode="ema")
+                )
+            ),
+            "Thompson",
+        ),
         (lambda: LearnerArgs.cpu().ablation("bogus"), "unknown ablation"),  # type: ignore[arg-type]
     ],
 )
@@ -274,9 +286,14 @@ async def never_played(request: EpisodeRequest) -> Trajectory:
 
 
 def tiny_learner(
-    make_tiny_model: ModelFactory, tokenizer: PreTrainedTokenizerFast, problems: int = 4
+    make_tiny_model: ModelFactory,
+    tokenizer: PreTrainedTokenizerFast,
+    problems: int = 4,
+    **overrides: object,
 ) -> Learner:
-    args = LearnerArgs.cpu(batch_size=2, extra=0, mini_batch_size=2, micro_batch_size=1, lr=1e-2)
+    args = LearnerArgs.cpu(
+        batch_size=2, extra=0, mini_batch_size=2, micro_batch_size=1, lr=1e-2, **overrides
+    )
     tasks = [Task.create(f"problem {i}", str(i), "test") for i in range(problems)]
     policy = HFPolicy(make_tiny_model(2), tokenizer, max_batch_size=2)
     return Learner(
@@ -314,6 +331,21 @@ def test_loss_sign_follows_the_advantage_sign(
     assert np.sign(result.loss) == -np.sign(advantage)
     change = float(((after - before) * data.response_mask).sum())
     assert np.sign(change) == np.sign(advantage)
+
+
+def test_a_bf16_learner_reports_its_mismatch_and_can_weight_every_token(
+    make_tiny_model: ModelFactory, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    fp32 = make_tiny_model(2)
+    data = pad(two_rows(tiny_tokenizer), tiny_tokenizer.pad_token_id, 0)
+    data = replace(data, behaviour_logp=score(fp32, data, 2))  # fp32 "rollouts"
+    learner = tiny_learner(make_tiny_model, tiny_tokenizer, dtype="bfloat16", is_every_token=True)
+    assert next(learner.model.parameters()).dtype == torch.bfloat16
+    result = learner.update(data, torch.tensor([1.0, -1.0]))
+    assert result.behaviour_mismatch > 1e-4  # bf16 against fp32: why the weight goes on every token
+    assert result.metrics["is_weight_mean"] > 0  # no token is stale, yet every one is weighted
+    plain = tiny_learner(make_tiny_model, tiny_tokenizer)
+    assert plain.update(data, torch.tensor([1.0, -1.0])).metrics["is_weight_mean"] == 0.0
 
 
 def test_tool_tokens_and_masked_episodes_get_no_gradient(
