@@ -1,6 +1,8 @@
 """The learner: training loops that update a policy's weights — the SPO/GRPO loop around the
 rollout engine with its checkpoints (:mod:`spo_core.learner.loop`), and the supervised warm start
-(:mod:`spo_core.learner.sft`, imported on its own).
+(:mod:`spo_core.learner.sft`, imported on its own) — and what runs around them: offline values,
+held-out evaluation, tier choice, metrics and curves, and the whole ReTool job
+(:mod:`spo_core.learner.job`).
 
 Unlike the rest of :mod:`spo_core`, this subpackage imports ``agents`` and ``envs`` (it drives
 the rollout engine); ``import spo_core`` alone never loads it. See :mod:`spo_core.learner.loop`.

@@ -54,6 +54,9 @@ def heldout_set(
 ) -> HeldoutSet:
     """``n_per_tier`` problems per tier from ``seed``, sharing no expression with ``train``.
 
+    ``train`` is every task the model learned from: the RL training prompts and the warm
+    start's supervised traces alike.
+
     Raises:
         TierError: a bad tier mix, or a tier without enough unseen expressions.
     """

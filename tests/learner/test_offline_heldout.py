@@ -22,7 +22,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from agents.engine import RolloutError
 from agents.episode_fn import EpisodeSpec
-from agents.models import prepare
+from agents.models import prepare, status
 from agents.policy import SamplingParams, TokenOutput
 from envs.tasks import Task, Tier, tier_of, tier_tasks
 from sandbox import SandboxConfig, SandboxPool
@@ -106,7 +106,11 @@ class AnswerKeyPolicy:
 
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(prepare("smollm2-135m"))
+    # Only the tokenizer is used: a size-checked folder will do (hashing the weights is slow).
+    found = status("smollm2-135m")
+    return AutoTokenizer.from_pretrained(
+        found.path if found.state == "ready" else prepare("smollm2-135m")
+    )
 
 
 @pytest_asyncio.fixture(scope="module")
