@@ -82,6 +82,10 @@ def test_the_plateau_rule_stops_training_early() -> None:
     # The first evaluation improves on nothing measured yet; the second misses a 99 % drop.
     assert report.stopped == "plateau" and report.steps == 2 * recipe.eval_every
     assert [s for s, _ in report.heldout_loss] == [0, 2, 4]
+    # Not before min_steps.
+    later = dataclasses.replace(recipe, min_steps=8)
+    report = train_sft(build_model(CI_CONFIG, tokenizer), train, held, later, 0, num_threads=1)
+    assert report.stopped == "plateau" and report.steps == 8
 
 
 def test_the_cache_key_follows_config_recipe_and_seed(tmp_path: Path) -> None:
