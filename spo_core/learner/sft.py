@@ -151,6 +151,7 @@ CI_RECIPE = SFTRecipe(
     lr=5e-3,
     warmup_steps=10,
     eval_every=25,
+    min_steps=50,
     patience=2,
 )
 """About ten seconds of training for CI: the format and the tool call are learnt, not much more."""

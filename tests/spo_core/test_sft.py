@@ -75,7 +75,7 @@ def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
 
 
 def test_the_plateau_rule_stops_training_early() -> None:
-    recipe = dataclasses.replace(TINY, max_steps=50, patience=1, min_delta=0.99)
+    recipe = dataclasses.replace(TINY, max_steps=50, min_steps=0, patience=1, min_delta=0.99)
     tokenizer = build_tokenizer()
     train, held = recipe_traces(recipe, 0, tokenizer, CI_CONFIG.context)
     report = train_sft(build_model(CI_CONFIG, tokenizer), train, held, recipe, 0, num_threads=1)
