@@ -62,7 +62,7 @@ __all__ = [
 
 SFT_REPORT_FILE = "sft.json"
 """The file in a warm-start folder that holds its :class:`SFTReport`."""
-_FORMAT = 1  # bump when the trace or training procedure changes, so caches are rebuilt
+_FORMAT = 2  # bump when the tokenizer, traces or training change, so caches are rebuilt
 _TASK_SEED_OFFSET = 7_919  # trace tasks come from seeds of their own, apart from RL task sets
 
 Progress = Callable[[str], None]
