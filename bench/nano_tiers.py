@@ -6,7 +6,7 @@ function (``agents.episode_fn``) and a reusing Docker sandbox pool: once greedy,
 times sampled at T = 1. Reported per tier: greedy pass@1, sampled pass@1 (mean reward) and
 pass@k (a task solved by any of its k samples), and the share of episodes that called the tool.
 
-Usage: ``python bench/nano_tiers.py [--model FOLDER] [--tiers d2o1,d3o1,...] [--n 32] [--k 8]``
+Usage: ``python -m bench.nano_tiers [--model FOLDER] [--tiers d2o1,d3o1,...] [--n 32] [--k 8]``
 (default model: the cached default warm start, built if missing). The last stdout line is one
 JSON object with every figure.
 """

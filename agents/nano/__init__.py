@@ -12,14 +12,13 @@ from agents.nano.model import (
     parameter_count,
     save_nano,
 )
-from agents.nano.tokenizer import CHARSET, UNK_TOKEN, build_tokenizer, save_tokenizer
+from agents.nano.tokenizer import CHARSET, build_tokenizer, save_tokenizer
 
 __all__ = [
     "CHARSET",
     "CI_CONFIG",
     "DEFAULT_CONFIG",
     "NANO_CONFIG_FILE",
-    "UNK_TOKEN",
     "NanoConfig",
     "build_model",
     "build_tokenizer",

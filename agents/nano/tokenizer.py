@@ -1,19 +1,20 @@
 r"""A character-level tokenizer for the nano model, saved as an ordinary Hugging Face tokenizer.
 
 One token per character of :data:`CHARSET` (printable ASCII, newline, tab), plus the special
-tokens of Qwen's chat format. It is a ``tokenizers`` word-level model behind a pre-tokenizer
-that isolates every character, wrapped in :class:`~transformers.PreTrainedTokenizerFast`:
+tokens of Qwen's chat format. It is a ``tokenizers`` BPE model without merges behind a
+pre-tokenizer that isolates every character, wrapped in
+:class:`~transformers.PreTrainedTokenizerFast`:
 ``save_pretrained`` writes it and ``AutoTokenizer.from_pretrained`` loads it, so the nano model
 goes through the same transcript and policy code as any model.
 
-Round trip. For text in the charset, ``decode(encode(text)) == text`` and ``encode(decode(ids))
-== ids`` for any ids: a character is always one token and a special token is an added token,
-matched whole before characters are split. So re-tokenizing an episode between turns never
-drifts.
+Out-of-charset characters (``é``, the ``…`` of a truncated observation, a private-use code
+point) fall back to their UTF-8 bytes, one token per byte (``<0xE2>`` …), the way Llama's
+tokenizer does: no text is ever lost or replaced by an unknown token.
 
-Out-of-charset characters (``é``, ``→``, a private-use code point) each become one
-:data:`UNK_TOKEN`, which is itself a special token: the text loses the character but the ids
-stay stable — ``<|unk|>`` decodes to its own name and encodes back to the same id.
+Round trip. ``decode(encode(text)) == text`` for any text, and ``encode(decode(ids)) == ids``
+for any ids that do not split a character's bytes: a character is always the same tokens and a
+special token is an added token, matched whole before characters are split. So re-tokenizing
+an episode between turns never drifts, whatever the sandbox prints.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ __all__ = [
     "IM_START",
     "PAD_TOKEN",
     "SPECIAL_TOKENS",
-    "UNK_TOKEN",
     "build_tokenizer",
     "save_tokenizer",
 ]
@@ -42,10 +42,9 @@ IM_START = "<|im_start|>"
 EOS_TOKEN = "<|im_end|>"
 """Ends a chat message: the end-of-sequence token of generation."""
 PAD_TOKEN = "<|endoftext|>"
-UNK_TOKEN = "<|unk|>"
-"""Stands for any character outside :data:`CHARSET`."""
-SPECIAL_TOKENS = (PAD_TOKEN, IM_START, EOS_TOKEN, UNK_TOKEN)
-"""Special tokens, with ids 0-3 in this order; characters follow in :data:`CHARSET` order."""
+SPECIAL_TOKENS = (PAD_TOKEN, IM_START, EOS_TOKEN)
+"""Special tokens, with ids 0-2 in this order; characters follow in :data:`CHARSET` order, then
+the 256 byte tokens ``<0x00>`` … ``<0xFF>``."""
 
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
@@ -70,20 +69,23 @@ consecutive ``tool`` messages share one user turn, each wrapped in ``<tool_respo
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """The nano tokenizer (the same vocabulary every time: special tokens, then :data:`CHARSET`)."""
+    """The nano tokenizer (the same vocabulary every time: special tokens, :data:`CHARSET`,
+    bytes)."""
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
     for char in CHARSET:
         vocab[char] = len(vocab)
-    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK_TOKEN))
-    # Every character (newlines included) is its own piece; unknown ones become <|unk|>.
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab, [], byte_fallback=True))
+    # Every character (newlines included) is its own piece; one outside the charset becomes
+    # its UTF-8 byte tokens.
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
+    backend.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
     backend.add_special_tokens(list(SPECIAL_TOKENS))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
-        unk_token=UNK_TOKEN,
         clean_up_tokenization_spaces=False,
         model_max_length=1 << 30,
     )

@@ -16,7 +16,6 @@ from agents.nano import (
     CHARSET,
     CI_CONFIG,
     DEFAULT_CONFIG,
-    UNK_TOKEN,
     NanoConfig,
     build_model,
     parameter_count,
@@ -54,20 +53,24 @@ def test_special_tokens_are_single_ids_and_ids_round_trip(
     assert len(ids) == len("user\n1 + 2\n") + 3
     assert tokenizer.decode(ids) == text
     rng = random.Random(1)
+    whole = [tokenizer.convert_tokens_to_ids(t) for t in (*CHARSET, "<|im_start|>", "<|im_end|>")]
     for _ in range(50):
-        ids = [rng.randrange(len(tokenizer)) for _ in range(rng.randint(1, 100))]
+        ids = [rng.choice(whole) for _ in range(rng.randint(1, 100))]
         assert tokenizer.encode(tokenizer.decode(ids), add_special_tokens=False) == ids
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
 
 
-def test_characters_outside_the_charset_become_one_stable_unknown_token(
+def test_characters_outside_the_charset_fall_back_to_bytes_and_round_trip(
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
-    ids = tokenizer.encode("a→é\ue000b", add_special_tokens=False)
-    unk = tokenizer.convert_tokens_to_ids(UNK_TOKEN)
-    assert ids[0] != unk and ids[1:4] == [unk] * 3 and ids[4] != unk
-    assert tokenizer.decode(ids) == f"a{UNK_TOKEN * 3}b"
+    text = "a…é\ue000b[61 characters truncated]…"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.convert_ids_to_tokens(ids[1:4]) == ["<0xE2>", "<0x80>", "<0xA6>"]
+    assert len(ids) == len(text.encode("utf-8"))
+    assert tokenizer.decode(ids) == text
     assert tokenizer.encode(tokenizer.decode(ids), add_special_tokens=False) == ids
+    # The name of a byte token typed as text is just characters.
+    assert len(tokenizer.encode("<0xE2>", add_special_tokens=False)) == 6
 
 
 def test_chat_template_is_qwen_style_for_every_role(tokenizer: PreTrainedTokenizerBase) -> None:

@@ -75,13 +75,17 @@ def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
 
 
 def test_the_plateau_rule_stops_training_early() -> None:
-    recipe = dataclasses.replace(TINY, max_steps=50, patience=1, min_delta=0.99)
+    recipe = dataclasses.replace(TINY, max_steps=50, min_steps=0, patience=1, min_delta=0.99)
     tokenizer = build_tokenizer()
     train, held = recipe_traces(recipe, 0, tokenizer, CI_CONFIG.context)
     report = train_sft(build_model(CI_CONFIG, tokenizer), train, held, recipe, 0, num_threads=1)
     # The first evaluation improves on nothing measured yet; the second misses a 99 % drop.
     assert report.stopped == "plateau" and report.steps == 2 * recipe.eval_every
     assert [s for s, _ in report.heldout_loss] == [0, 2, 4]
+    # Not before min_steps.
+    later = dataclasses.replace(recipe, min_steps=8)
+    report = train_sft(build_model(CI_CONFIG, tokenizer), train, held, later, 0, num_threads=1)
+    assert report.stopped == "plateau" and report.steps == 8
 
 
 def test_the_cache_key_follows_config_recipe_and_seed(tmp_path: Path) -> None:
