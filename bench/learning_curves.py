@@ -55,7 +55,6 @@ def arms(seeds: int, ablation_seeds: int, quick: bool) -> list[Config]:
             Config("SPO no baseline", "spo", "no_baseline", a),
             Config("SPO no offline init", "spo", "no_offline_init", a),
             Config("SPO uniform sampling", "spo", "uniform_sampling", a),
-            Config("SFT continued", "sft", "full", a),
         ]
     return out
 

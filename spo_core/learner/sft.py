@@ -1,6 +1,7 @@
 """Supervised warm start of the nano model on ideal tool-use traces, cached on disk.
 
-:func:`warm_start` builds a nano model (:mod:`agents.nano`), trains it on ideal traces of the
+:func:`warm_start` builds a nano model (:mod:`agents.nano`), first teaches it to copy with the
+copy warm-up (:mod:`spo_core.learner.copy_warmup`, ``recipe.copy_steps``), then trains it on ideal traces of the
 arithmetic family (:mod:`spo_core.learner.traces`) with AdamW and a cross-entropy loss on the
 model's own tokens only (prompt and interpreter output are context, never targets), and saves
 the result as an ordinary Hugging Face folder with ``sft.json``, the run's figures.
@@ -41,6 +42,7 @@ from agents.hf_policy import default_num_threads
 from agents.models import cache_dir
 from agents.nano import DEFAULT_CONFIG, NanoConfig, build_model, build_tokenizer, save_nano
 from envs.tasks import Task, Tier, heldout_tasks
+from spo_core.learner.copy_warmup import copy_warmup
 from spo_core.learner.traces import Trace, render_traces
 
 __all__ = [
@@ -62,7 +64,7 @@ __all__ = [
 
 SFT_REPORT_FILE = "sft.json"
 """The file in a warm-start folder that holds its :class:`SFTReport`."""
-_FORMAT = 2  # bump when the tokenizer, traces or training change, so caches are rebuilt
+_FORMAT = 3  # bump when the tokenizer, traces or training change, so caches are rebuilt
 _TASK_SEED_OFFSET = 7_919  # trace tasks come from seeds of their own, apart from RL task sets
 
 Progress = Callable[[str], None]
@@ -89,6 +91,10 @@ class SFTRecipe:
             answer) and then drops again; this carries training past that stall.
         patience: evaluations without improvement that stop training.
         min_delta: relative improvement of the held-out loss that counts.
+        copy_steps: steps of the copy warm-up before SFT (:mod:`spo_core.learner.copy_warmup`;
+            0: none).
+        copy_batch_size: sequences per copy warm-up step.
+        copy_lr: peak learning rate of the copy warm-up.
     """
 
     env_id: str = "spo_gym/ReToolNano-v0"
@@ -99,16 +105,19 @@ class SFTRecipe:
         ("d3o2", 1000),
     )
     heldout_per_tier: int = 16
-    max_steps: int = 800
-    batch_size: int = 8
-    lr: float = 6e-3
+    max_steps: int = 600
+    batch_size: int = 16
+    lr: float = 3e-3
     warmup_steps: int = 20
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     eval_every: int = 50
-    min_steps: int = 400
+    min_steps: int = 200
     patience: int = 3
     min_delta: float = 0.01
+    copy_steps: int = 800
+    copy_batch_size: int = 32
+    copy_lr: float = 3e-3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mix", tuple((str(t), int(n)) for t, n in self.mix))
@@ -120,6 +129,8 @@ class SFTRecipe:
                 raise ValueError(f"tier {tier} needs at least one trace, got {count}")
         if len({t for t, _ in self.mix}) != len(self.mix):
             raise ValueError("a tier appears twice in the mix")
+        if self.copy_steps < 0 or self.copy_batch_size < 1 or not self.copy_lr > 0:
+            raise ValueError("copy_steps must be >= 0, copy_batch_size >= 1 and copy_lr > 0")
         for name in ("heldout_per_tier", "max_steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -153,6 +164,7 @@ CI_RECIPE = SFTRecipe(
     eval_every=25,
     min_steps=50,
     patience=2,
+    copy_steps=0,
 )
 """About ten seconds of training for CI: the format and the tool call are learnt, not much more."""
 
@@ -250,6 +262,22 @@ def warm_start(
         try:
             tokenizer = build_tokenizer()
             model = build_model(config, tokenizer)
+            if recipe.copy_steps:
+                threads = num_threads or default_num_threads()
+                previous = torch.get_num_threads()
+                torch.set_num_threads(threads)
+                try:
+                    copy_warmup(
+                        model,
+                        tokenizer,
+                        steps=recipe.copy_steps,
+                        batch_size=recipe.copy_batch_size,
+                        lr=recipe.copy_lr,
+                        seed=seed,
+                        progress=say,
+                    )
+                finally:
+                    torch.set_num_threads(previous)
             say(f"rendering traces for tiers {', '.join(recipe.tiers)}")
             train, heldout = recipe_traces(recipe, seed, tokenizer, config.context)
             report = train_sft(

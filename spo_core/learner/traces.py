@@ -8,9 +8,10 @@ expression verbatim into a string and has Python wrap every integer in
 
     <code>
     ```python
+    x = "(901 - 337) / 384"
     import re
     from fractions import Fraction as F
-    print(eval(re.sub(r"(\d+)", r"F(\1)", "(901 - 337) / 384")))
+    print(eval(re.sub(r"(\d+)", r"F(\1)", x)))
     ```
     </code><interpreter>
     47/32
@@ -81,8 +82,8 @@ def ideal_code(expression: str) -> str:
     if not _EXPRESSION.fullmatch(expression):
         raise TraceError(f"not an arithmetic expression: {expression!r}")
     return (
-        "import re\nfrom fractions import Fraction as F\n"
-        f'print(eval(re.sub(r"(\\d+)", r"F(\\1)", "{expression}")))'
+        f'x = "{expression}"\nimport re\nfrom fractions import Fraction as F\n'
+        'print(eval(re.sub(r"(\\d+)", r"F(\\1)", x)))'
     )
 
 
