@@ -17,6 +17,7 @@ same weights are the same.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -111,14 +112,16 @@ class HeldoutReport:
         ``heldout/<tier>/avg@4`` per tier."""
         out = {
             f"{prefix}greedy_accuracy": self.greedy_accuracy,
-            f"{prefix}avg@{self.k}": self.avg_at_k,
             f"{prefix}n": float(self.n),
             f"{prefix}masked": float(self.masked),
             f"{prefix}wall_s": self.wall_s,
         }
+        if self.k:
+            out[f"{prefix}avg@{self.k}"] = self.avg_at_k
         for tier, score in self.per_tier.items():
             out[f"{prefix}{tier}/greedy"] = score.greedy
-            out[f"{prefix}{tier}/avg@{self.k}"] = score.avg
+            if self.k:
+                out[f"{prefix}{tier}/avg@{self.k}"] = score.avg
         return out
 
 
@@ -152,21 +155,21 @@ async def evaluate_heldout(
     on_progress: ProgressCallback | None = None,
 ) -> HeldoutReport:
     """Score ``policy`` on ``heldout``: greedy, then avg@``k`` at ``temperature`` (top-p 1,
-    top-k off). ``spec`` is the training spec; only its sampling temperature and filters are
-    replaced.
+    top-k off); ``k = 0`` scores greedy only (avg@k is then NaN). ``spec`` is the training
+    spec; only its sampling temperature and filters are replaced.
 
     Raises:
-        ValueError: ``k < 1`` or ``temperature <= 0``.
+        ValueError: ``k < 0`` or ``temperature <= 0``.
         RolloutError: too many episodes were masked (more than half).
     """
-    if k < 1 or not temperature > 0:
-        raise ValueError(f"need k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
+    if k < 0 or not temperature > 0:
+        raise ValueError(f"need k >= 0 and temperature > 0, got k={k}, temperature={temperature}")
     t0 = time.monotonic()
     runs: list[dict[str, list[Trajectory]]] = []
-    for run_spec, samples in (
-        (spec.with_sampling(temperature=0.0, top_p=1.0, top_k=0), 1),
-        (spec.with_sampling(temperature=temperature, top_p=1.0, top_k=0), k),
-    ):
+    passes = [(spec.with_sampling(temperature=0.0, top_p=1.0, top_k=0), 1)]
+    if k:
+        passes.append((spec.with_sampling(temperature=temperature, top_p=1.0, top_k=0), k))
+    for run_spec, samples in passes:
         runs.append(
             await sample_each_task(
                 episode_fn(run_spec, policy, tokenizer, pool),
@@ -178,7 +181,8 @@ async def evaluate_heldout(
                 on_progress=on_progress,
             )
         )
-    greedy, sampled = (_success_rates(r) for r in runs)
+    greedy = _success_rates(runs[0])
+    sampled = _success_rates(runs[1]) if k else {}
     masked = sum(t.masked for r in runs for trajs in r.values() for t in trajs)
     per_tier: dict[str, TierScore] = {}
     for tier in heldout.tier_mix:
@@ -186,13 +190,13 @@ async def evaluate_heldout(
         per_tier[tier] = TierScore(
             n=len(keys),
             greedy=_mean(greedy[x] for x in keys if x in greedy),
-            avg=_mean(sampled[x] for x in keys if x in sampled),
+            avg=_mean(sampled[x] for x in keys if x in sampled) if k else math.nan,
         )
     return HeldoutReport(
         n=len(heldout.tasks),
         tier_mix=dict(heldout.tier_mix),
         greedy_accuracy=_mean(greedy.values()),
-        avg_at_k=_mean(sampled.values()),
+        avg_at_k=_mean(sampled.values()) if k else math.nan,
         k=k,
         temperature=temperature,
         per_tier=per_tier,

@@ -82,7 +82,8 @@ class JobConfig:
             choice.
         episode_budget: training episodes (trajectories delivered to the learner).
         steps: training steps instead of an episode budget (when set).
-        eval_every: held-out evaluation every this many steps (0: only before and after).
+        eval_every: greedy held-out evaluation every this many steps and after the last (0:
+            none); the full evaluation (greedy and avg@k) runs before and after training.
         temperature: training sampling temperature (top-p 1, top-k off).
         learner: learner settings overriding the profile's (``LearnerArgs`` field names).
         concurrency: sandbox containers kept warm and episodes run at once.
@@ -333,32 +334,32 @@ async def run_job(config: JobConfig, observer: JobObserver) -> JobResult:
             [*train, *model_info.seen],
         )
 
-        async def evaluate_now(label: str) -> HeldoutReport:
-            observer.stage("held-out", f"{label}: {len(held.tasks)} problems, greedy + avg@k")
+        async def evaluate_now(label: str, k: int) -> HeldoutReport:
+            what = f"greedy + avg@{k}" if k else "greedy"
+            observer.stage("held-out", f"{label}: {len(held.tasks)} problems, {what}")
             report = await evaluate_heldout(
                 eval_policy,
                 tokenizer,
                 pool,
                 spec,
                 held,
-                k=config.heldout_k,
+                k=k,
                 episodes_in_flight=config.concurrency,
                 on_progress=observer.progress,
             )
             observer.heldout(label, report)
             return report
 
-        before = await evaluate_now("before")
+        before = await evaluate_now("before", config.heldout_k)
         log = MetricsLog(out)
         log.log(0, {"episodes": 0, "wall_s": 0.0, **before.to_metrics()})
-        reports: dict[int, HeldoutReport] = {}
         clock = {"train_start": 0.0, "eval_s": 0.0}
 
         async def evaluate(state: Mapping[str, torch.Tensor], version: int) -> dict[str, float]:
             t0 = time.monotonic()
             await eval_policy.update_weights(state, eval_policy.version + 1)
-            report = await evaluate_now(f"step {version}")
-            reports[version] = report
+            # Greedy only during training; the sampled avg@k once, after the last step.
+            report = await evaluate_now(f"step {version}", 0)
             clock["eval_s"] += time.monotonic() - t0
             return report.to_metrics()
 
@@ -403,7 +404,8 @@ async def run_job(config: JobConfig, observer: JobObserver) -> JobResult:
             await learner.close()
             log.close()
         train_wall = time.monotonic() - clock["train_start"] - clock["eval_s"]
-        after = reports[max(reports)] if reports else await evaluate_now("after")
+        await eval_policy.update_weights(learner.model.state_dict(), eval_policy.version + 1)
+        after = await evaluate_now("after", config.heldout_k)
     finally:
         await policy.aclose()
         await eval_policy.aclose()

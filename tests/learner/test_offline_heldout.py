@@ -252,6 +252,17 @@ async def test_heldout_figures_are_exact(
     assert metrics["heldout/d2o1/greedy"] == pytest.approx(1 / 3)
     assert metrics["heldout/n"] == 8.0 and metrics["heldout/masked"] == 2.0
     assert all(isinstance(v, float) for v in metrics.values())
+    # k = 0: the greedy pass alone, same greedy figures, no sampled requests, no avg@k logged
+    sampled_before = sum(v for (_, g), v in policy.firsts.items() if not g)
+    greedy_only = await evaluate_heldout(
+        policy, tokenizer, pool, SPEC, held, k=0, episodes_in_flight=8
+    )
+    # b[3]'s failure named its first greedy call only: now it is played, and answered wrong
+    assert greedy_only.masked == 0 and greedy_only.greedy_accuracy == pytest.approx(4 / 8)
+    assert greedy_only.per_tier["d1o1"].greedy == report.per_tier["d1o1"].greedy
+    assert sum(v for (_, g), v in policy.firsts.items() if not g) == sampled_before
+    assert not any(name.startswith("heldout/avg") for name in greedy_only.to_metrics())
+    assert all("avg@" not in name for name in greedy_only.to_metrics())
 
 
 async def test_a_pass_mostly_masked_fails_loudly(
