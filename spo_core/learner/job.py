@@ -97,8 +97,8 @@ class JobConfig:
     model: str = "nano"
     seed: int = 0
     tiers: tuple[str, ...] = ()
-    candidate_tiers: tuple[str, ...] = ("d3o2", "d4o1", "d4o2", "d5o1", "d5o2")
-    train_per_tier: int = 96
+    candidate_tiers: tuple[str, ...] = ("d3o2", "d4o1", "d4o2", "d5o1")
+    train_per_tier: int = 64
     train_seed: int = 0
     heldout_n: int = 300
     heldout_seed: int = 1_000_003

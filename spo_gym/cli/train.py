@@ -144,9 +144,9 @@ def train(
         "empty: chosen where the warm start solves 20-60% with pass@8 well above pass@1.",
     ),
     candidate_tiers: str = typer.Option(
-        "d3o2,d4o1,d4o2,d5o1,d5o2", help="Tiers measured for the automatic choice."
+        "d3o2,d4o1,d4o2,d5o1", help="Tiers measured for the automatic choice."
     ),
-    train_per_tier: int = typer.Option(96, min=1, help="Training prompts per tier."),
+    train_per_tier: int = typer.Option(64, min=1, help="Training prompts per tier."),
     heldout_n: int = typer.Option(300, min=1, help="Held-out problems (a separate seed)."),
     heldout_seed: int = typer.Option(1_000_003, help="Seed of the held-out problems."),
     heldout_k: int = typer.Option(4, min=1, help="Sampled episodes per held-out problem (avg@k)."),
