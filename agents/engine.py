@@ -317,6 +317,11 @@ class RolloutEngine:
         """Episodes started and not yet handed out in a batch."""
         return sum(len(u.trajectories) for u in self._units)
 
+    @property
+    def running(self) -> int:
+        """Episodes started and not yet finished (in flight minus those waiting for a batch)."""
+        return sum(u.pending for u in self._units)
+
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to continue the sample indices: samples started per prompt."""
         return {"sample_counts": dict(self._samples)}

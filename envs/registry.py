@@ -247,3 +247,19 @@ def _load_plugin(name: str, value: str, load: Callable[[], Any]) -> None:
 
 
 register("spo_gym/ReTool-v0", "envs.retool:ReToolEnv")
+register(
+    "spo_gym/ReToolNano-v0",
+    "envs.retool:ReToolEnv",
+    kwargs={
+        # ReTool for character-level models with a context of a few hundred tokens: a short
+        # system prompt, no demonstrations, and budgets that fit a whole episode in ~700
+        # characters (prompt ~300, response <= 384).
+        "system_template": "retool_nano_system.j2",
+        "generation": {
+            "max_turns": 3,
+            "max_turn_tokens": 200,
+            "max_episode_tokens": 384,
+            "max_observation_chars": 160,
+        },
+    },
+)

@@ -1,13 +1,16 @@
 """spo_core: the SPO algorithm (Single-stream Policy Optimization) as small, pure modules.
 
-Depends on torch, numpy and the standard library only. One training step, in order (SPO_SPEC §2):
+Depends on torch, numpy and the standard library only; the training loop that drives the rollout
+engine is the separate subpackage :mod:`spo_core.learner`, which ``import spo_core`` never loads.
+One training step, in order (SPO_SPEC §2):
 
 1. :class:`PromptSampler` draws B prompts not in flight, ∝ sqrt(v̂(1 − v̂)) + ε.
 2. (agents) one episode per prompt, reward r.
-3. :meth:`ValueTracker.baseline` gives the pre-update v̂₋₁; :func:`compute_advantages` forms
-   A = r − v̂₋₁ and normalises it over the batch.
-4. :func:`policy_loss`: PPO-Clip with clip-higher, dual-clip and decoupled importance weights.
-5. :func:`forgetting_factor` (from :func:`logprob_drift`), then :meth:`ValueTracker.update`.
+3. :meth:`ValueTracker.baseline` gives the pre-update v̂₋₁; A = r − v̂₋₁.
+4. :func:`compute_advantages` normalises A over the batch (sequence or token weighted).
+5. :func:`policy_loss`: PPO-Clip with clip-higher, dual-clip and decoupled importance weights.
+6. :func:`forgetting_factor` (from :func:`logprob_drift`), then :meth:`ValueTracker.update`.
+7. (learner) the new weights reach the rollout policy: pause, update_weights, resume.
 """
 
 from spo_core.advantages import (
@@ -38,6 +41,7 @@ from spo_core.offline import (
     ema_prior,
     read_authors_json,
     read_offline_jsonl,
+    read_offline_table,
     write_offline_jsonl,
 )
 from spo_core.rho import forgetting_factor, logprob_drift, rho_from_drift
@@ -73,6 +77,7 @@ __all__ = [
     "policy_loss",
     "read_authors_json",
     "read_offline_jsonl",
+    "read_offline_table",
     "rho_from_drift",
     "spo_advantages",
     "write_offline_jsonl",

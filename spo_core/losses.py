@@ -4,9 +4,11 @@ Per token, with r = exp(clamp(logπ − logπ_old, −20, 20)) and advantage Ã:
 
     ℓ = max(−Ã·r, −Ã·clip(r, 1 − ε_low, 1 + ε_high))          (PPO-Clip, clip-higher)
     ℓ = min(ℓ, −Ã·c)                       where Ã < 0         (dual-clip, c = 10)
-    ℓ = w·ℓ,  w = min(π_old / π_behaviour, 2)  on carried-over episodes, else w = 1
+    ℓ = w·ℓ,  w = min(π_old / π_behaviour, 2)  on carried-over tokens, else w = 1
 
-and the loss is the token mean of ℓ over the mask (no KL term, no entropy bonus). π_old is the
+and the loss is the token mean of ℓ over the mask (no KL term, no entropy bonus). With
+micro-batch accumulation the mean's denominator is the whole mini-batch's token count
+(``num_tokens``), so the micro-batch losses add up to one token mean over the mini-batch. π_old is the
 learner's recomputation before the update; for an episode carried over from an older policy,
 π_behaviour is what the sampler recorded, and the truncated weight w corrects for the gap
 ("decoupled PPO": the clip trusts π_old, the weight accounts for who actually sampled).
@@ -41,14 +43,18 @@ def policy_loss(
     config: LossConfig = _DEFAULT_LOSS,
     behaviour_logp: torch.Tensor | None = None,
     carried: torch.Tensor | None = None,
+    num_tokens: float | None = None,
 ) -> PolicyLoss:
     """Token-mean PPO-Clip loss over ``mask`` (1 on model tokens), shapes [B, T].
 
     ``advantages`` is [B, T] or one value per episode, [B]. ``behaviour_logp`` are the sampler's
     log-probs; given alone they only feed the ``behaviour_mismatch`` metric (the mean |Δ| between
     rollout and recomputed log-probs, which exposes sampler/trainer numeric mismatch).
-    ``carried`` ([B] bool) marks episodes from an older policy version; their tokens get the
-    truncated importance weight, which needs ``behaviour_logp``.
+    ``carried`` marks what an older policy version sampled — whole episodes ([B] bool) or single
+    tokens ([B, T] bool, when a weight update landed mid-episode); those tokens get the
+    truncated importance weight, which needs ``behaviour_logp``. ``num_tokens`` is the
+    denominator of the token mean (default: the tokens under ``mask``); a micro-batch passes its
+    mini-batch's token count, as verl's ``agg_loss`` does with ``batch_num_tokens``.
 
     Metrics: ``clip_frac`` (tokens where the clipped term is taken), ``dual_clip_frac``,
     ``approx_kl`` (mean of logπ_old − logπ), ``behaviour_mismatch``, and for carried tokens
@@ -72,14 +78,16 @@ def policy_loss(
         gap = (old_logp - behaviour_logp).detach()
         raw_weight = gap.clamp(-config.log_ratio_clamp, config.log_ratio_clamp).exp()
         weight = raw_weight.clamp(max=config.is_cap)
-        carried_tokens = carried.to(torch.bool)[:, None].expand_as(logp)
+        flags = carried.to(torch.bool)
+        carried_tokens = (flags[:, None] if flags.dim() == 1 else flags).expand_as(logp)
         per_token = torch.where(carried_tokens, weight * per_token, per_token)
         cm = m * carried_tokens.to(m.dtype)
         metrics["carried_token_frac"] = float(cm.sum() / m.sum().clamp(min=1.0))
         metrics["is_weight_mean"] = _masked_mean(weight, cm)
         metrics["is_truncated_frac"] = _masked_mean((raw_weight > config.is_cap).to(m.dtype), cm)
 
-    loss = (per_token * m).sum() / m.sum().clamp(min=1.0)
+    denominator = m.sum().clamp(min=1.0) if num_tokens is None else max(float(num_tokens), 1.0)
+    loss = (per_token * m).sum() / denominator
 
     with torch.no_grad():
         metrics["clip_frac"] = _masked_mean((clipped > unclipped).to(m.dtype), m)

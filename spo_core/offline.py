@@ -124,6 +124,12 @@ def read_offline_jsonl(
     path: str | os.PathLike[str], config: OfflineConfig = _DEFAULT_OFFLINE
 ) -> OfflineScores:
     """Read this project's format: one ``{"key": str, "scores": [float, ...]}`` per line."""
+    return OfflineScores.from_lists(read_offline_table(path), config)
+
+
+def read_offline_table(path: str | os.PathLike[str]) -> dict[str, list[float]]:
+    """This project's format as written: ``{key: [score, ...]}``, every sample kept (lines of
+    the same key merged in file order)."""
     merged: dict[str, list[float]] = {}
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
@@ -133,7 +139,7 @@ def read_offline_jsonl(
             if not isinstance(record.get("key"), str) or not isinstance(record.get("scores"), list):
                 raise ValueError(f"{path}:{line_no}: expected {{'key': str, 'scores': [float]}}")
             merged.setdefault(record["key"], []).extend(float(s) for s in record["scores"])
-    return OfflineScores.from_lists(merged, config)
+    return merged
 
 
 def write_offline_jsonl(path: str | os.PathLike[str], table: Mapping[str, Sequence[float]]) -> None:

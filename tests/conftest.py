@@ -30,3 +30,13 @@ def calculator_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     return target
+
+
+@pytest.fixture(scope="session")
+def ci_nano() -> Path:
+    """The CI nano model warm-started with the CI recipe (seed 0): a loadable HF folder, built
+    once per machine (about ten seconds) and cached under the model cache."""
+    from agents.nano import CI_CONFIG
+    from spo_core.learner.sft import CI_RECIPE, warm_start
+
+    return warm_start(CI_CONFIG, CI_RECIPE, seed=0)

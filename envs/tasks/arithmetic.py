@@ -3,7 +3,7 @@
 Each task is a random expression tree of ``operations`` binary operations (+, -, ×, and ÷ when
 ``division`` is on) over integers of exactly ``digits`` digits, e.g. with digits=5, operations=3::
 
-    Compute the exact value of ((48213 * 90317) - 55120) / 73411.
+    ... Compute the exact value of ((48213 * 90317) - 55120) / 73411
 
 The answer is an exact integer or a fraction ``p/q`` in lowest terms. Products of several
 five-digit numbers and exact fractions are beyond what a small model does reliably in its head,
@@ -100,9 +100,11 @@ def arithmetic_tasks(
         if text in seen:
             continue
         seen.add(text)
+        # The expression ends the problem, so a solver copying it into code copies from the
+        # nearest place in its context.
         problem = (
-            f"Compute the exact value of {text}. Give the answer as an integer, "
-            "or as a fraction p/q in lowest terms."
+            "Give the answer as an integer, or as a fraction p/q in lowest terms. "
+            f"Compute the exact value of {text}"
         )
         extra = {
             "expression": text,

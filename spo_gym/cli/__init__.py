@@ -7,8 +7,10 @@ import typer
 from spo_gym.cli import envs as _envs
 from spo_gym.cli import grade as _grade
 from spo_gym.cli import models as _models
+from spo_gym.cli import nano as _nano
 from spo_gym.cli import run as _run
 from spo_gym.cli import sandbox as _sandbox
+from spo_gym.cli import train as _train
 
 app = typer.Typer(
     name="spo-gym",
@@ -21,6 +23,8 @@ app.add_typer(_models.app, name="models")
 app.add_typer(_envs.app, name="envs")
 app.command("grade")(_grade.grade)
 app.command("run")(_run.run)
+app.command("train")(_train.train)
+app.command("nano")(_nano.nano)
 
 
 def main() -> None:

@@ -24,6 +24,8 @@ REQUIRED_INFO = frozenset(
 
 
 _ROLE = re.compile(r":[\w:]+:`~?(?:[^`<]*<)?([^`>]+)>?`")
+_WHOLE_ENTRY_POINT = 32  # entry points up to this long are kept whole when they fit
+_MIN_DESCRIPTION = 16  # narrowest description column before entry points fold
 
 
 def plain_summary(doc: str | None) -> str:
@@ -56,23 +58,29 @@ def list_envs() -> None:
 
     errors = _quietly_load_plugins()
     ids = envs.list_envs()
-    # The id is what a user copies: it is never cut; the description folds instead.
-    table = Table(expand=False)
-    table.add_column("id", no_wrap=True, min_width=max((len(i) for i in ids), default=2))
-    table.add_column("source", overflow="fold")
-    table.add_column("entry point", overflow="fold")
-    table.add_column("description", overflow="fold", ratio=1)
+    rows = []
     for env_id in ids:
         entry = envs.spec(env_id).entry_point
         creator = envs.env_creator(env_id)
         qualname = getattr(creator, "__qualname__", repr(creator))
         name = entry if isinstance(entry, str) else f"{creator.__module__}:{qualname}"
-        table.add_row(
-            env_id,
-            envs.env_source(env_id),
-            escape(name),
-            escape(plain_summary(inspect.getdoc(creator))),
-        )
+        rows.append((env_id, envs.env_source(env_id), name, inspect.getdoc(creator)))
+    # The id is what a user copies: it is never cut. Entry points of ordinary length stay whole
+    # too while a readable description still fits beside them; longer ones fold.
+    id_width = max((len(i) for i in ids), default=2)
+    source_width = max((len(row[1]) for row in rows), default=6)
+    left = console.width - 13 - id_width - source_width  # 5 borders, 2 padding per column
+    longest = max((len(row[2]) for row in rows), default=2)
+    entry_width = min(longest, _WHOLE_ENTRY_POINT, left - _MIN_DESCRIPTION)
+    table = Table(expand=False)
+    table.add_column("id", no_wrap=True, min_width=id_width)
+    table.add_column("source", overflow="fold")
+    table.add_column(
+        "entry point", overflow="fold", width=entry_width if entry_width >= 8 else None
+    )
+    table.add_column("description", overflow="fold", ratio=1)
+    for env_id, source, name, doc in rows:
+        table.add_row(env_id, source, escape(name), escape(plain_summary(doc)))
     console.print(table)
     for error in errors:
         console.print(f"[red]plugin failed:[/red] {escape(error)}", highlight=False)

@@ -110,11 +110,14 @@ async def test_single_stream_takes_the_first_to_finish_and_carries_the_rest() ->
     first = await engine.next_batch(4, extra=2)
     assert sorted(t.prompt_key for t in first.trajectories) == ["k2", "k3", "k4", "k5"]
     assert engine.in_flight == 2  # k0 and k1 carry over, still running
+    assert engine.running == 2
     engine.policy_version = 1
     second = await engine.next_batch(4, extra=2)
     # The free prompts restart under version 1 and finish before the slow carried ones.
     assert sorted(t.prompt_key for t in second.trajectories) == ["k2", "k3", "k4", "k5"]
     assert [t.policy_version for t in second.trajectories] == [1, 1, 1, 1]
+    await asyncio.sleep(0.6)  # k0 and k1 finish, unclaimed: in flight but no longer running
+    assert (engine.in_flight, engine.running) == (2, 0)
     third = await engine.next_batch(2)
     assert sorted(t.prompt_key for t in third.trajectories) == ["k0", "k1"]
     assert [t.policy_version for t in third.trajectories] == [0, 0]  # behaviour version kept

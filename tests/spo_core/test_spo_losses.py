@@ -191,3 +191,35 @@ def test_loss_and_gradient_are_invariant_to_padding(seed: int, pad: int, junk: f
 def test_empty_mask_gives_zero_loss() -> None:
     out = policy_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2), torch.zeros(2, 3))
     assert out.loss.item() == 0.0
+
+
+def test_carried_flags_per_token_weight_only_the_old_tokens() -> None:
+    # A weight update mid-episode: the first token came from the old policy, the second not.
+    behaviour = torch.tensor([[-math.log(1.5), -math.log(3.0)]])
+    flags = torch.tensor([[True, False]])
+    out = policy_loss(
+        torch.zeros(1, 2),
+        torch.zeros(1, 2),
+        torch.ones(1),
+        torch.ones(1, 2),
+        behaviour_logp=behaviour,
+        carried=flags,
+    )
+    assert out.loss.item() == pytest.approx(-(1.5 + 1.0) / 2)
+    assert out.metrics["carried_token_frac"] == pytest.approx(0.5)
+
+
+def test_num_tokens_sets_the_denominator_so_micro_batches_add_up() -> None:
+    gen = torch.Generator().manual_seed(3)
+    logp = torch.randn(6, 5, generator=gen)
+    old = logp + 0.2 * torch.randn(6, 5, generator=gen)
+    adv = torch.randn(6, generator=gen)
+    mask = (torch.rand(6, 5, generator=gen) > 0.3).float()
+    whole = policy_loss(logp, old, adv, mask).loss
+    total = float(mask.sum())
+    parts = sum(
+        policy_loss(logp[i : i + 2], old[i : i + 2], adv[i : i + 2], mask[i : i + 2],
+                    num_tokens=total).loss
+        for i in range(0, 6, 2)
+    )  # fmt: skip
+    assert float(parts) == pytest.approx(float(whole), abs=1e-6)

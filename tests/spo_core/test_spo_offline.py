@@ -16,6 +16,7 @@ from spo_core import (
     beta_prior,
     read_authors_json,
     read_offline_jsonl,
+    read_offline_table,
     write_offline_jsonl,
 )
 
@@ -142,6 +143,16 @@ def test_project_jsonl_round_trip_keeps_fractional_scores(tmp_path) -> None:
     assert scores.sums.tolist() == [1.25, 0.0]
     assert scores.sq_sums.tolist() == [0.0625 + 1.0, 0.0]
     assert [p.name for p in tmp_path.iterdir()] == ["offline.jsonl"]
+
+
+def test_offline_table_keeps_every_sample_and_merges_repeated_keys(tmp_path) -> None:
+    path = tmp_path / "offline.jsonl"
+    write_offline_jsonl(path, {"a": [1.0] * 12, "b": []})
+    with open(path, "a") as f:
+        f.write(json.dumps({"key": "a", "scores": [0]}) + "\n")
+    table = read_offline_table(path)
+    assert table == {"a": [1.0] * 12 + [0.0], "b": []}  # not subsampled to n0
+    assert read_offline_jsonl(path).counts.tolist() == [8, 0]
 
 
 def test_project_jsonl_rejects_malformed_lines(tmp_path) -> None:

@@ -1,0 +1,99 @@
+"""`spo-gym train` (./run_retool.sh): input errors before any work, the dry-run plan, and a tiny
+real run end to end (CI nano model, real sandbox) whose last stdout line is the result JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+CLI = str(ROOT / ".venv" / "bin" / "spo-gym")
+REQUIRED = {
+    "method",
+    "model",
+    "episodes",
+    "train_wall_s",
+    "wall_s",
+    "heldout_n",
+    "decoding",
+    "heldout_accuracy_before",
+    "heldout_accuracy_after",
+}
+
+
+def _train(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, "train", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "ppo"], "unknown method 'ppo'"),
+        (["--ablation", "nothing"], "unknown ablation 'nothing'"),
+        (["--method", "grpo", "--ablation", "uniform_sampling"], "ablations apply to SPO"),
+        (["--backend", "tpu"], "unknown backend 'tpu'"),
+        (["--tiers", "d3x"], "bad tier name 'd3x'"),
+        (["--model", "/nonexistent/model"], "/nonexistent/model"),
+        (["--set", "lr=-1"], "lr must be > 0"),
+        (["--set", "nonsense=1"], "--set 'nonsense=1'"),
+        (["--set", "batch_size=500"], "cannot keep 508 distinct prompts"),
+        (["--backend", "verl"], "verl backend cannot run here"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_work(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    proc = _train(*args, "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_resume_without_checkpoints_is_an_error(tmp_path: Path) -> None:
+    proc = _train("--resume", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "no checkpoints" in proc.stderr
+
+
+def test_dry_run_prints_the_plan_and_verl_launch_command(tmp_path: Path) -> None:
+    proc = _train("--dry-run", "--backend", "verl", "--method", "grpo", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    plan = json.loads(lines[-1])
+    assert plan["dry_run"] and plan["backend"] == "verl" and plan["method"] == "grpo"
+    command = lines[-2]
+    assert "verl.trainer.main_ppo" in command
+    assert "actor_rollout_ref.actor.clip_ratio_c=10.0" in command
+    assert "actor_rollout_ref.rollout.n=8" in command
+    assert not any(tmp_path.iterdir())
+    local = json.loads(_train("--dry-run", "--out", str(tmp_path)).stdout.strip().splitlines()[-1])
+    assert local["backend"] == "local"  # auto without a GPU
+
+
+@pytest.mark.docker
+def test_a_tiny_run_end_to_end(ci_nano: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _train(
+        "--model", "nano-ci", "--tiers", "d1o1", "--train-per-tier", "24",
+        "--heldout-n", "8", "--heldout-k", "1", "--offline-k", "2",
+        "--steps", "2", "--eval-every", "1",
+        "--set", "batch_size=8", "--set", "extra=2", "--set", "mini_batch_size=8",
+        "--concurrency", "8", "--quiet", "--out", str(out),
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result) >= REQUIRED
+    assert result["steps"] == 2 and result["episodes"] >= 16
+    assert result["decoding"] == "greedy" and result["heldout_n"] == 8
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert "heldout/greedy_accuracy" in records[0] and "heldout/greedy_accuracy" in records[2]
+    assert (out / "curve.png").stat().st_size > 1000
+    assert any((out / "checkpoints").iterdir())
+    assert json.loads((out / "result.json").read_text()) == result
