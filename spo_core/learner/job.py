@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from agents.episode_fn import EpisodeSpec, episode_fn
 from agents.hf_policy import HFPolicy
 from agents.models import cache_dir, resolve_model
+from agents.nano import NANO_CONFIG_FILE
 from agents.policy import SamplingParams
 from envs.tasks import Task, Tier, tier_of, tier_tasks
 from sandbox import SandboxConfig, SandboxPool
@@ -212,7 +213,15 @@ def _resolve_model(config: JobConfig, observer: JobObserver) -> _Model:
     if config.model == "smollm2":
         path = resolve_model("smollm2-135m")
         return _Model(path, _SMOLLM_ENV, {"demonstrations": 1}, max_tokens=384, seen=[])
-    return _Model(Path(config.model), _SMOLLM_ENV, {}, max_tokens=384, seen=[])
+    folder = Path(config.model)
+    if (folder / NANO_CONFIG_FILE).is_file():
+        # A nano folder (e.g. a longer warm start): keep the default recipe's traces out too.
+        from spo_core.learner.sft import DEFAULT_RECIPE, recipe_tasks
+
+        return _Model(
+            folder, _NANO_ENV, {}, max_tokens=200, seen=recipe_tasks(DEFAULT_RECIPE, 0)[0]
+        )
+    return _Model(folder, _SMOLLM_ENV, {}, max_tokens=384, seen=[])
 
 
 def _learner_args(config: JobConfig, n_prompts: int) -> LearnerArgs:

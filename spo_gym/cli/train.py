@@ -377,15 +377,27 @@ class _LiveView:
 
 
 def _run_local(config: Any, quiet: bool) -> dict[str, Any]:
-    from spo_core.learner.job import run_job_sync
+    from agents.engine import RolloutError
+    from envs.tasks import TierError
+    from sandbox import SandboxUnavailable
+    from spo_core.learner import CheckpointError, LearnerArgsError
+    from spo_core.learner.job import JobError, run_job_sync
+    from spo_core.learner.tier_choice import TierChoiceError
+    from spo_core.offline import OfflineMatchError
 
     view = _LiveView(quiet)
-    if quiet:
-        result = run_job_sync(config, view)
-    else:
-        with Live(view.render(), console=console, refresh_per_second=2) as live:
-            view.live = live
+    try:
+        if quiet:
             result = run_job_sync(config, view)
+        else:
+            with Live(view.render(), console=console, refresh_per_second=2) as live:
+                view.live = live
+                result = run_job_sync(config, view)
+    except (CheckpointError, JobError, LearnerArgsError, TierChoiceError, TierError) as exc:
+        raise _fail(str(exc)) from exc
+    except (OfflineMatchError, RolloutError, SandboxUnavailable) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
     summary = result.summary()
     gain = summary["heldout_gain_points"]
     console.print(
