@@ -97,3 +97,18 @@ def test_a_tiny_run_end_to_end(ci_nano: Path, tmp_path: Path) -> None:
     assert (out / "curve.png").stat().st_size > 1000
     assert any((out / "checkpoints").iterdir())
     assert json.loads((out / "result.json").read_text()) == result
+
+
+@pytest.mark.docker
+def test_no_tier_to_train_on_is_one_line(ci_nano: Path, tmp_path: Path) -> None:
+    # The CI nano solves nothing at three digits: no tier is in the 20-60% band.
+    proc = _train(
+        "--model", "nano-ci", "--candidate-tiers", "d3o2", "--train-per-tier", "16",
+        "--offline-k", "2", "--heldout-n", "8", "--steps", "1", "--eval-every", "0",
+        "--set", "batch_size=8", "--set", "extra=0", "--set", "mini_batch_size=8",
+        "--concurrency", "8", "--quiet", "--out", str(tmp_path / "run"),
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "no tier has pass@1 in 20%-60%" in proc.stderr and "d3o2" in proc.stderr
+    assert "Traceback" not in proc.stderr
