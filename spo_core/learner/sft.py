@@ -105,14 +105,14 @@ class SFTRecipe:
         ("d3o2", 1000),
     )
     heldout_per_tier: int = 16
-    max_steps: int = 600
+    max_steps: int = 1000
     batch_size: int = 16
     lr: float = 3e-3
     warmup_steps: int = 20
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     eval_every: int = 50
-    min_steps: int = 200
+    min_steps: int = 600
     patience: int = 3
     min_delta: float = 0.01
     copy_steps: int = 800
@@ -152,7 +152,11 @@ class SFTRecipe:
 
 
 DEFAULT_RECIPE = SFTRecipe()
-"""The warm start of the default nano (see the module docstring for its measured curve)."""
+"""The warm start of the default nano. Measured on 2 cores: the copy warm-up's loss falls from
+2.8 to 1.5 nats in 800 steps (~5 min); SFT's held-out trace loss then goes 9.96 → 0.072 in 600
+steps at lr 3e-3 (~5.5 min) and to 0.007 in 300 more at 2e-3 (digits copied: the loss per
+copied digit falls from a uniform guess, ~2.3 nats, to near zero). Hence 1,000 steps, with the
+plateau rule allowed to stop after 600."""
 
 CI_RECIPE = SFTRecipe(
     mix=(("d1o1", 128), ("d2o1", 256)),
