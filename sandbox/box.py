@@ -223,12 +223,28 @@ async def _read_hello(reader: asyncio.StreamReader, timeout: float) -> dict[str,
     return hello
 
 
+_REMOVAL_WAIT_S = 30.0
+
+
 def remove_container(client: docker.DockerClient, container_id: str) -> None:
-    """Force-removes a container; a container already gone is fine."""
+    """Force-removes a container and returns once it is gone; one already gone is fine.
+
+    When another remover (a second pool's reaper on the same daemon) got there first, the
+    daemon answers "already in progress": wait for that removal to finish, so a caller never
+    sees the container listed after this returns.
+    """
     try:
         client.api.remove_container(container_id, force=True, v=True)
+        return
     except docker.errors.NotFound:
-        pass
+        return
     except docker.errors.APIError as exc:
         if "already in progress" not in str(exc):
             raise
+    deadline = time.monotonic() + _REMOVAL_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            client.api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return
+        time.sleep(0.05)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import docker
 import pytest
 
 from sandbox import RunStatus, SandboxConfig, SandboxPool, SandboxUnavailable
+from sandbox.box import remove_container
 from sandbox.image import ensure_image
 from tests.sandbox.conftest import pool_containers
 
@@ -209,3 +211,37 @@ async def test_reaper_judges_only_owners_it_can_see(
         for c in (running, exited):
             with contextlib.suppress(docker.errors.NotFound):
                 c.remove(force=True)
+
+
+def test_concurrent_removals_all_return_after_the_container_is_gone(
+    pool: SandboxPool, docker_client: docker.DockerClient
+) -> None:
+    # Several reapers (pools sharing a daemon) remove one container at once: the daemon tells
+    # all but one "removal already in progress". None may return while it is still listed.
+    for _ in range(3):
+        container = docker_client.containers.run(
+            pool.image, ["sleep", "600"], labels={"spo-gym.test": "removal"}, detach=True,
+            network_mode="none",
+        )  # fmt: skip
+        seen: list[str] = []
+        start = threading.Barrier(4)
+
+        def remove(
+            cid: str = container.id,
+            start: threading.Barrier = start,
+            seen: list[str] = seen,
+        ) -> None:
+            start.wait()
+            remove_container(docker_client, cid)
+            try:
+                docker_client.api.inspect_container(cid)
+                seen.append("still there")
+            except docker.errors.NotFound:
+                seen.append("gone")
+
+        threads = [threading.Thread(target=remove) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert seen == ["gone"] * 4
