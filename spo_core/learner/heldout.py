@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
@@ -105,6 +106,19 @@ class HeldoutReport:
     per_tier: dict[str, TierScore]
     masked: int
     wall_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict (:meth:`from_dict` reads it back)."""
+        data = asdict(self)
+        data["per_tier"] = {tier: asdict(score) for tier, score in self.per_tier.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HeldoutReport:
+        """A report from :meth:`to_dict`'s output."""
+        fields = dict(data)
+        fields["per_tier"] = {t: TierScore(**s) for t, s in data["per_tier"].items()}
+        return cls(**fields)
 
     def to_metrics(self, prefix: str = "heldout/") -> dict[str, float]:
         """Flat scalars for logging: ``heldout/greedy_accuracy``, ``heldout/avg@4``,

@@ -32,6 +32,11 @@ from sandbox import SandboxConfig, SandboxPool
 from spo_core.learner.args import Ablation, LearnerArgs
 from spo_core.learner.curves import plot_learning_curves
 from spo_core.learner.heldout import HeldoutReport, HeldoutSet, evaluate_heldout, heldout_set
+from spo_core.learner.heldout_cache import (
+    heldout_cache_key,
+    read_cached_report,
+    write_cached_report,
+)
 from spo_core.learner.loop import Learner
 from spo_core.learner.metrics_log import MetricsLog
 from spo_core.learner.offline_values import OfflineValues, offline_values, weights_fingerprint
@@ -54,6 +59,7 @@ __all__ = [
 ModelChoice = Literal["nano", "nano-ci", "smollm2"]
 _NANO_ENV = "spo_gym/ReToolNano-v0"
 _SMOLLM_ENV = "spo_gym/ReTool-v0"
+_HELDOUT_TEMPERATURE = 1.0  # avg@k's sampling temperature
 
 
 class JobError(RuntimeError):
@@ -90,7 +96,8 @@ class JobConfig:
         concurrency: sandbox containers kept warm and episodes run at once.
         out: the run directory (metrics, TensorBoard, checkpoints, curve, result).
         resume: continue from the latest checkpoint in ``out`` (or this path).
-        offline_cache: where offline values are cached; default under the model cache.
+        cache: where offline values and the initial model's held-out reports are cached;
+            default the project cache (``offline/`` and ``heldout/``).
     """
 
     method: Literal["spo", "grpo"] = "spo"
@@ -113,7 +120,7 @@ class JobConfig:
     concurrency: int = 32
     out: Path = Path("runs/retool")
     resume: Path | None = None
-    offline_cache: Path | None = None
+    cache: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -294,6 +301,7 @@ async def run_job(config: JobConfig, observer: JobObserver) -> JobResult:
     try:
         # 2. Offline values (§5) of the candidate tiers' prompts: the tracker's start and the
         #    per-tier pass@1 / pass@k the tier choice reads. Cached by model, tasks, sampling.
+        model_id = weights_fingerprint(rollout_model)
         sft_seen = {str(t.extra.get("expression")) for t in model_info.seen}
         candidate_tasks = [
             t
@@ -311,8 +319,8 @@ async def run_job(config: JobConfig, observer: JobObserver) -> JobResult:
             pool,
             spec,
             candidate_tasks,
-            model_id=weights_fingerprint(rollout_model),
-            cache_dir=config.offline_cache or cache_dir() / "offline",
+            model_id=model_id,
+            cache_dir=(config.cache or cache_dir()) / "offline",
             k=config.offline_k,
             episodes_in_flight=config.concurrency,
             on_progress=observer.progress,
@@ -353,13 +361,25 @@ async def run_job(config: JobConfig, observer: JobObserver) -> JobResult:
                 spec,
                 held,
                 k=k,
+                temperature=_HELDOUT_TEMPERATURE,
                 episodes_in_flight=config.concurrency,
                 on_progress=observer.progress,
             )
             observer.heldout(label, report)
             return report
 
-        before = await evaluate_now("before", config.heldout_k)
+        # The initial model's figures are cached like the offline values: every run from the
+        # same warm start, held-out set and sampling scores the same before training.
+        before_key = heldout_cache_key(model_id, held, spec, config.heldout_k, _HELDOUT_TEMPERATURE)
+        heldout_cache = (config.cache or cache_dir()) / "heldout"
+        cached_before = read_cached_report(heldout_cache, before_key)
+        if cached_before is not None:
+            observer.stage("held-out", f"before: {len(held.tasks)} problems (cached)")
+            observer.heldout("before", cached_before)
+            before = cached_before
+        else:
+            before = await evaluate_now("before", config.heldout_k)
+            write_cached_report(heldout_cache, before_key, before)
         log = MetricsLog(out)
         log.log(0, {"episodes": 0, "wall_s": 0.0, **before.to_metrics()})
         clock = {"train_start": 0.0, "eval_s": 0.0}

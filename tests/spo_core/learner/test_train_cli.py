@@ -97,6 +97,20 @@ def test_a_tiny_run_end_to_end(ci_nano: Path, tmp_path: Path) -> None:
     assert (out / "curve.png").stat().st_size > 1000
     assert any((out / "checkpoints").iterdir())
     assert json.loads((out / "result.json").read_text()) == result
+    # A second run from the same model reads the initial held-out report from the cache.
+    again = _train(
+        "--model", "nano-ci", "--tiers", "d1o1", "--train-per-tier", "24",
+        "--heldout-n", "8", "--heldout-k", "1", "--offline-k", "2",
+        "--steps", "1", "--eval-every", "0",
+        "--set", "batch_size=8", "--set", "extra=2", "--set", "mini_batch_size=8",
+        "--concurrency", "8", "--quiet", "--out", str(tmp_path / "again"),
+        timeout=600,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "before: 8 problems (cached)" in again.stderr
+    second = json.loads(again.stdout.strip().splitlines()[-1])
+    assert second["heldout_accuracy_before"] == result["heldout_accuracy_before"]
+    assert second["heldout_avg@1_before"] == result["heldout_avg@1_before"]
 
 
 @pytest.mark.docker
