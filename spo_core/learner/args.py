@@ -54,6 +54,11 @@ class LearnerArgs:
         groups_per_batch: GRPO: prompts per step (§8: 256, so B·G = 2,048 trajectories).
         extra_groups: GRPO: groups kept in flight beyond ``groups_per_batch``.
         lr: AdamW learning rate (§8: 1e-6, constant).
+        lr_warmup_steps: training steps over which the learning rate rises linearly from
+            ``lr / lr_warmup_steps`` to ``lr`` (0: constant from the first step). A fresh
+            AdamW's first updates move every parameter by about ``lr`` whatever its gradient's
+            size; the warm-up lets the second-moment estimates settle first (as verl's
+            ``actor.optim.lr_warmup_steps``).
         betas: AdamW betas.
         weight_decay: AdamW weight decay (§8: 0.01).
         grad_clip: global gradient-norm clip (§8: 1.0).
@@ -87,6 +92,7 @@ class LearnerArgs:
     groups_per_batch: int = 256
     extra_groups: int = 0
     lr: float = 1e-6
+    lr_warmup_steps: int = 0
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -143,6 +149,9 @@ class LearnerArgs:
         )
         _require(self.max_staleness >= 0, "max_staleness must be >= 0")
         _require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _require(
+            self.lr_warmup_steps >= 0, f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}"
+        )
         _require(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             "betas must be two numbers in [0, 1)",

@@ -266,8 +266,11 @@ class Learner:
         gradients. Runs in the calling thread (the loop calls it off the event loop)."""
         a = self.args
         model = self.model
+        lr = self.learning_rate()
         if not len(data) or data.num_tokens == 0:
-            return UpdateResult(0.0, 0.0, 0, 0.0, 0.0, dict.fromkeys(_UPDATE_METRICS, 0.0))
+            return UpdateResult(
+                0.0, 0.0, 0, 0.0, 0.0, {**dict.fromkeys(_UPDATE_METRICS, 0.0), "lr": lr}
+            )
         model.eval()
         old = score(model, data, a.micro_batch_size)  # π_old, recomputed before the update
         stale = data.stale_tokens
@@ -276,6 +279,8 @@ class Learner:
         mismatch_all = _mean_abs(data.behaviour_logp, old, data.response_mask)
         weighted = (data.response_mask > 0) if a.is_every_token else stale
 
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         model.train()
         losses, norms = [], []
         sums = dict.fromkeys(_UPDATE_METRICS, 0.0)
@@ -331,6 +336,7 @@ class Learner:
             "approx_kl": sums["approx_kl"] / total,
             "is_weight_mean": sums["is_weight_mean"] / carried,
             "is_truncated_frac": weight_tokens["truncated"] / carried,
+            "lr": lr,
         }
         return UpdateResult(
             loss=statistics.fmean(losses) if losses else 0.0,
@@ -340,6 +346,11 @@ class Learner:
             behaviour_mismatch_all=mismatch_all,
             metrics=metrics,
         )
+
+    def learning_rate(self) -> float:
+        """The learning rate of the step about to run: ``lr`` after the linear warm-up."""
+        warmup = self.args.lr_warmup_steps
+        return self.args.lr * min(1.0, (self.steps + 1) / warmup) if warmup else self.args.lr
 
     # -- §2.6: the forgetting factor ----------------------------------------------------------
 
@@ -512,6 +523,7 @@ class Learner:
             is_weight_mean=update.metrics["is_weight_mean"],
             is_truncated_frac=update.metrics.get("is_truncated_frac", 0.0),
             grad_norm=update.grad_norm,
+            lr=update.metrics["lr"],
             optimizer_steps=update.optimizer_steps,
             llm_s=stats.mean_timings.get("llm_s", 0.0),
             sandbox_s=stats.mean_timings.get("sandbox_s", 0.0),

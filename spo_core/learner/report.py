@@ -37,6 +37,7 @@ class StepReport:
         approx_kl: mean logπ_old − logπ over the update.
         is_weight_mean / is_truncated_frac: truncated importance weights on older-version tokens.
         grad_norm: pre-clip gradient norm, mean over the optimizer steps.
+        lr: the learning rate of the step's optimizer steps (after any warm-up).
         optimizer_steps: optimizer steps taken.
         llm_s / sandbox_s / grader_s: per-episode mean seconds in generation, tool calls and
             grading.
@@ -79,6 +80,7 @@ class StepReport:
     is_weight_mean: float
     is_truncated_frac: float
     grad_norm: float
+    lr: float
     optimizer_steps: int
     llm_s: float
     sandbox_s: float

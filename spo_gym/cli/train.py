@@ -92,6 +92,7 @@ def verl_command(plan: Plan) -> list[str]:
         f"actor_rollout_ref.rollout.temperature={plan.temperature}",
         f"actor_rollout_ref.actor.optim.lr={plan.learner.get('lr', 1e-6)}",
         "actor_rollout_ref.actor.optim.weight_decay=0.01",
+        f"actor_rollout_ref.actor.optim.lr_warmup_steps={plan.learner.get('lr_warmup_steps', -1)}",
         "actor_rollout_ref.actor.grad_clip=1.0",
         "actor_rollout_ref.actor.ppo_mini_batch_size=256",
         "actor_rollout_ref.actor.ppo_epochs=1",

@@ -85,6 +85,7 @@ def test_ablations_are_switches_of_one_config() -> None:
             "uniformly",
         ),
         (lambda: LearnerArgs.cpu(lr=0.0), "lr"),
+        (lambda: LearnerArgs.cpu(lr_warmup_steps=-1), "lr_warmup_steps must be >= 0"),
         (
             lambda: LearnerArgs.cpu(spo=SPOConfig(sampler=SamplerConfig(pool_size=16))),
             "pool_size 16 is smaller than the 40 prompts",
@@ -291,9 +292,8 @@ def tiny_learner(
     problems: int = 4,
     **overrides: object,
 ) -> Learner:
-    args = LearnerArgs.cpu(
-        batch_size=2, extra=0, mini_batch_size=2, micro_batch_size=1, lr=1e-2, **overrides
-    )
+    settings: dict[str, object] = {"lr": 1e-2, **overrides}
+    args = LearnerArgs.cpu(batch_size=2, extra=0, mini_batch_size=2, micro_batch_size=1, **settings)
     tasks = [Task.create(f"problem {i}", str(i), "test") for i in range(problems)]
     policy = HFPolicy(make_tiny_model(2), tokenizer, max_batch_size=2)
     return Learner(
@@ -331,6 +331,23 @@ def test_loss_sign_follows_the_advantage_sign(
     assert np.sign(result.loss) == -np.sign(advantage)
     change = float(((after - before) * data.response_mask).sum())
     assert np.sign(change) == np.sign(advantage)
+
+
+def test_the_learning_rate_warms_up_linearly_then_holds(
+    make_tiny_model: ModelFactory, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    learner = tiny_learner(make_tiny_model, tiny_tokenizer, lr=1e-3, lr_warmup_steps=4)
+    data = pad(two_rows(tiny_tokenizer), tiny_tokenizer.pad_token_id, 0)
+    data = replace(data, behaviour_logp=score(learner.model, data, 2))
+    seen = []
+    for step in range(6):
+        learner.steps = step  # the loop's step counter, as after ``step`` training steps
+        result = learner.update(data, torch.tensor([1.0, -1.0]))
+        seen.append(result.metrics["lr"])
+        assert learner.optimizer.param_groups[0]["lr"] == result.metrics["lr"]
+    assert seen == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    constant = tiny_learner(make_tiny_model, tiny_tokenizer, lr=1e-3)
+    assert constant.update(data, torch.tensor([1.0, -1.0])).metrics["lr"] == 1e-3
 
 
 def test_a_bf16_learner_reports_its_mismatch_and_can_weight_every_token(

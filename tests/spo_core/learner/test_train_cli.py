@@ -70,6 +70,11 @@ def test_dry_run_prints_the_plan_and_verl_launch_command(tmp_path: Path) -> None
     assert "verl.trainer.main_ppo" in command
     assert "actor_rollout_ref.actor.clip_ratio_c=10.0" in command
     assert "actor_rollout_ref.rollout.n=8" in command
+    assert "actor_rollout_ref.actor.optim.lr_warmup_steps=-1" in command  # verl's "none"
+    warm = _train(
+        "--dry-run", "--backend", "verl", "--set", "lr_warmup_steps=5", "--out", str(tmp_path)
+    )
+    assert "actor_rollout_ref.actor.optim.lr_warmup_steps=5" in warm.stdout.splitlines()[-2]
     assert not any(tmp_path.iterdir())
     local = json.loads(_train("--dry-run", "--out", str(tmp_path)).stdout.strip().splitlines()[-1])
     assert local["backend"] == "local"  # auto without a GPU
