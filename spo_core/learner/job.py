@@ -222,12 +222,12 @@ def _resolve_model(config: JobConfig, observer: JobObserver) -> _Model:
         return _Model(path, _SMOLLM_ENV, {"demonstrations": 1}, max_tokens=384, seen=[])
     folder = Path(config.model)
     if (folder / NANO_CONFIG_FILE).is_file():
-        # A nano folder (e.g. a longer warm start): keep the default recipe's traces out too.
-        from spo_core.learner.sft import DEFAULT_RECIPE, recipe_tasks
+        # A nano folder (another warm start, a continued one): keep the traces of the recipe
+        # it names out of training and held-out; a folder naming none, the default recipe's.
+        from spo_core.learner.sft import DEFAULT_RECIPE, load_recipe, recipe_tasks
 
-        return _Model(
-            folder, _NANO_ENV, {}, max_tokens=200, seen=recipe_tasks(DEFAULT_RECIPE, 0)[0]
-        )
+        recipe, seed = load_recipe(folder) or (DEFAULT_RECIPE, 0)
+        return _Model(folder, _NANO_ENV, {}, max_tokens=200, seen=recipe_tasks(recipe, seed)[0])
     return _Model(folder, _SMOLLM_ENV, {}, max_tokens=384, seen=[])
 
 

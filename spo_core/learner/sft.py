@@ -48,12 +48,14 @@ from spo_core.learner.traces import Trace, render_traces
 __all__ = [
     "CI_RECIPE",
     "DEFAULT_RECIPE",
+    "RECIPE_FILE",
     "SFT_REPORT_FILE",
     "SFTRecipe",
     "SFTReport",
     "cache_key",
     "collate",
     "heldout_loss",
+    "load_recipe",
     "load_report",
     "recipe_tasks",
     "recipe_traces",
@@ -64,6 +66,8 @@ __all__ = [
 
 SFT_REPORT_FILE = "sft.json"
 """The file in a warm-start folder that holds its :class:`SFTReport`."""
+RECIPE_FILE = "recipe.json"
+"""The file in a warm-start folder that names its recipe and seed: which problems it saw."""
 _FORMAT = 3  # bump when the tokenizer, traces or training change, so caches are rebuilt
 _TASK_SEED_OFFSET = 7_919  # trace tasks come from seeds of their own, apart from RL task sets
 
@@ -144,6 +148,13 @@ class SFTRecipe:
         data = dataclasses.asdict(self)
         data["mix"] = [list(pair) for pair in self.mix]
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SFTRecipe:
+        """The recipe of :meth:`to_dict`'s output (validated again)."""
+        fields = dict(data)
+        fields["mix"] = tuple((str(t), int(n)) for t, n in data["mix"])
+        return cls(**fields)
 
     @property
     def tiers(self) -> tuple[str, ...]:
@@ -228,6 +239,21 @@ def warm_start_dir(
     return root / f"nano-{cache_key(config, recipe, seed)}"
 
 
+def _write_recipe(folder: Path, recipe: SFTRecipe, seed: int) -> None:
+    data = {"recipe": recipe.to_dict(), "seed": seed}
+    (folder / RECIPE_FILE).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def load_recipe(folder: Path) -> tuple[SFTRecipe, int] | None:
+    """The (recipe, seed) a warm-start folder was trained with; None for a folder without
+    :data:`RECIPE_FILE` (built before it existed)."""
+    path = folder / RECIPE_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return SFTRecipe.from_dict(data["recipe"]), int(data["seed"])
+
+
 def load_report(folder: Path) -> SFTReport:
     """The :class:`SFTReport` saved in a warm-start folder."""
     return SFTReport.from_dict(json.loads((folder / SFT_REPORT_FILE).read_text()))
@@ -254,6 +280,8 @@ def warm_start(
     """
     target = warm_start_dir(config, recipe, seed, cache_root)
     if (target / SFT_REPORT_FILE).is_file():
+        if not (target / RECIPE_FILE).is_file():  # cached before folders named their recipe
+            _write_recipe(target, recipe, seed)
         return target
     say = progress or (lambda line: None)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -288,6 +316,7 @@ def warm_start(
                 model, train, heldout, recipe, seed, num_threads=num_threads, progress=say
             )
             save_nano(tmp, config, model, tokenizer)
+            _write_recipe(tmp, recipe, seed)
             (tmp / SFT_REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
             tmp.rename(target)
         finally:

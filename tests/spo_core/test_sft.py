@@ -18,8 +18,10 @@ from agents.nano import CI_CONFIG, build_model, build_tokenizer
 from envs.tasks import TierError
 from spo_core.learner.sft import (
     CI_RECIPE,
+    RECIPE_FILE,
     SFTRecipe,
     collate,
+    load_recipe,
     load_report,
     recipe_tasks,
     recipe_traces,
@@ -72,6 +74,12 @@ def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
     assert load_report(a).heldout_loss == load_report(b).heldout_loss
+    # Each folder names what it was trained on (so a job keeps those problems out).
+    assert load_recipe(a) == (TINY, 1) and load_recipe(c) == (TINY, 2)
+    (a / RECIPE_FILE).unlink()  # as in a folder cached before recipes were written
+    assert load_recipe(a) is None
+    assert warm_start(CI_CONFIG, TINY, seed=1, cache_root=tmp_path / "a") == a
+    assert load_recipe(a) == (TINY, 1)
 
 
 def test_the_plateau_rule_stops_training_early() -> None:
