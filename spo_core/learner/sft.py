@@ -51,12 +51,15 @@ __all__ = [
     "SFT_REPORT_FILE",
     "SFTRecipe",
     "SFTReport",
+    "batch_indices",
     "cache_key",
     "collate",
     "heldout_loss",
     "load_report",
     "recipe_tasks",
     "recipe_traces",
+    "sft_optimizer",
+    "sft_step",
     "train_sft",
     "warm_start",
     "warm_start_dir",
@@ -149,6 +152,19 @@ class SFTRecipe:
     def tiers(self) -> tuple[str, ...]:
         """The tier names of the mix, in order."""
         return tuple(t for t, _ in self.mix)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based): linear warm-up to ``lr``, then
+        cosine decay to a tenth of it at ``max_steps``, flat after."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        done = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
+        return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
+
+    @property
+    def final_lr(self) -> float:
+        """The learning rate the schedule ends at (``lr_at(max_steps)``: a tenth of ``lr``)."""
+        return self.lr_at(self.max_steps)
 
 
 DEFAULT_RECIPE = SFTRecipe()
@@ -366,6 +382,52 @@ def heldout_loss(
     return total / max(count, 1)
 
 
+def sft_optimizer(model: torch.nn.Module, recipe: SFTRecipe, lr: float) -> torch.optim.AdamW:
+    """AdamW at ``lr`` with the recipe's weight decay on the matrices only (norms and
+    embeddings are not decayed)."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": recipe.weight_decay},
+            {"params": rest, "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
+
+
+def batch_indices(n: int, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Endless batches of indices into ``n`` traces: epochs shuffled by ``rng``, a batch may
+    straddle two epochs."""
+    order: list[int] = []
+    while True:
+        if len(order) < batch_size:
+            epoch = list(range(n))
+            rng.shuffle(epoch)
+            order += epoch
+        picked, order = order[:batch_size], order[batch_size:]
+        yield picked
+
+
+def sft_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    traces: Sequence[Trace],
+    pad_id: int,
+    grad_clip: float,
+) -> float:
+    """One optimizer step on the mean cross-entropy per model token of ``traces`` (gradient
+    norm clipped to ``grad_clip``); returns that loss."""
+    loss, count = _loss_sum(model, traces, pad_id)
+    loss = loss / max(count, 1)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
 def train_sft(
     model: torch.nn.Module,
     train: Sequence[Trace],
@@ -383,23 +445,7 @@ def train_sft(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     pad_id = int(getattr(model.config, "pad_token_id", 0) or 0)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": recipe.weight_decay},
-            {"params": rest, "weight_decay": 0.0},
-        ],
-        lr=recipe.lr,
-        betas=(0.9, 0.95),
-    )
-
-    def lr_at(step: int) -> float:
-        if step < recipe.warmup_steps:
-            return recipe.lr * (step + 1) / recipe.warmup_steps
-        progress_ = (step - recipe.warmup_steps) / max(1, recipe.max_steps - recipe.warmup_steps)
-        return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_))))
-
+    optimizer = sft_optimizer(model, recipe, recipe.lr)
     report = SFTReport(
         train_traces=len(train),
         heldout_traces=len(heldout),
@@ -407,8 +453,7 @@ def train_sft(
         num_threads=threads,
         parameters=sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
     )
-    rng = random.Random(f"spo_gym.sft:{seed}")
-    order: list[int] = []
+    batches = batch_indices(len(train), recipe.batch_size, random.Random(f"spo_gym.sft:{seed}"))
     best, stale = math.inf, 0
     window: list[float] = []
     t0 = time.monotonic()
@@ -419,20 +464,10 @@ def train_sft(
             report.heldout_loss.append((0, heldout_loss(model, heldout, pad_id)))
             say(f"step 0: held-out loss {report.heldout_loss[-1][1]:.3f}")
             for step in range(recipe.max_steps):
-                if len(order) < recipe.batch_size:
-                    epoch = list(range(len(train)))
-                    rng.shuffle(epoch)
-                    order += epoch
-                picked, order = order[: recipe.batch_size], order[recipe.batch_size :]
                 for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step)
-                loss, count = _loss_sum(model, [train[i] for i in picked], pad_id)
-                loss = loss / max(count, 1)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                optimizer.step()
-                window.append(float(loss.detach()))
+                    group["lr"] = recipe.lr_at(step)
+                picked = [train[i] for i in next(batches)]
+                window.append(sft_step(model, optimizer, picked, pad_id, recipe.grad_clip))
                 report.steps = step + 1
                 if report.steps % recipe.eval_every and report.steps != recipe.max_steps:
                     continue
