@@ -49,6 +49,7 @@ __all__ = [
     "CI_RECIPE",
     "DEFAULT_RECIPE",
     "SFT_REPORT_FILE",
+    "Continuation",
     "SFTRecipe",
     "SFTReport",
     "batch_indices",
@@ -189,20 +190,43 @@ CI_RECIPE = SFTRecipe(
 """About ten seconds of training for CI: the format and the tool call are learnt, not much more."""
 
 
+@dataclass(frozen=True)
+class Continuation:
+    """How a continued SFT run (:mod:`spo_core.learner.sft_continue`) started and ran.
+
+    Attributes:
+        source: the folder whose model it continued.
+        seed: seeds the batch order.
+        trace_seed: the seed the source was warm-started with; its traces (training and
+            held-out) are those of this seed.
+        lr: the constant learning rate.
+        wall_budget_s: the seconds of training asked for.
+    """
+
+    source: str
+    seed: int
+    trace_seed: int
+    lr: float
+    wall_budget_s: float
+
+
 @dataclass
 class SFTReport:
-    """The figures of one warm start.
+    """The figures of one warm start, or of a continuation of one.
 
     Attributes:
         steps: optimizer steps taken.
-        stopped: "plateau" (the held-out loss stopped improving) or "max_steps".
-        train_s: seconds of training (trace rendering excluded).
+        stopped: "plateau" (the held-out loss stopped improving), "max_steps", or "wall" (a
+            continuation's wall-time budget ran out).
+        train_s: seconds of training (trace rendering and held-out evaluations excluded).
         train_traces: training traces; heldout_traces: held-out traces.
         train_tokens: trained-on (model) tokens per epoch of the training traces.
         heldout_loss: (step, held-out loss per model token) at every evaluation, step 0 first.
         train_loss: (step, mean training loss over the steps since the previous point).
         num_threads: torch threads used.
         parameters: model parameters.
+        continued: set for a continuation: where it started and how it ran; ``None`` for a
+            warm start.
     """
 
     steps: int = 0
@@ -215,6 +239,7 @@ class SFTReport:
     train_loss: list[tuple[int, float]] = field(default_factory=list)
     num_threads: int = 1
     parameters: int = 0
+    continued: Continuation | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The figures as a JSON-ready dict."""
@@ -223,7 +248,8 @@ class SFTReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SFTReport:
         """The report of :meth:`to_dict`'s output."""
-        report = cls(**data)
+        continued = data.get("continued")
+        report = cls(**{**data, "continued": Continuation(**continued) if continued else None})
         report.heldout_loss = [(int(s), float(v)) for s, v in report.heldout_loss]
         report.train_loss = [(int(s), float(v)) for s, v in report.train_loss]
         return report
