@@ -65,8 +65,8 @@ def continue_sft(
     """Continue the SFT of the nano model in ``folder`` for ``wall_s`` seconds; save it at ``out``.
 
     Args:
-        folder: a nano folder (it holds ``nano.json``), e.g. a :func:`~spo_core.learner.sft.
-            warm_start`; it is only read.
+        folder: a nano folder (``nano.json`` and the model), e.g. a warm start
+            (:func:`spo_core.learner.sft.warm_start`); it is only read.
         recipe: the recipe ``folder`` was warm-started with: its traces, batch size, weight
             decay, gradient clip and final learning rate (:attr:`SFTRecipe.final_lr`).
         seed: seeds the batch order and torch's RNG.
@@ -90,7 +90,9 @@ def continue_sft(
             traces do not fit the model's context.
     """
     if not (folder / NANO_CONFIG_FILE).is_file() or not (folder / "config.json").is_file():
-        raise SFTContinueError(f"{folder} is not a nano model folder (no {NANO_CONFIG_FILE})")
+        raise SFTContinueError(
+            f"{folder} is not a nano model folder (it needs {NANO_CONFIG_FILE} and config.json)"
+        )
     if not wall_s > 0:
         raise SFTContinueError(f"the wall-time budget must be > 0 seconds, got {wall_s}")
     if max_steps is not None and max_steps < 1:
