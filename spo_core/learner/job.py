@@ -6,8 +6,8 @@ learning-curve experiment runs once per configuration. Every stage reports throu
 :class:`JobObserver`, so the command line can show it live and a benchmark can stay quiet.
 
 With ``steps=0`` the job only evaluates: the model's held-out report is both "before" and
-"after", nothing trains, and the offline values are skipped when the tiers are given (only the
-tier choice would read them).
+"after", nothing trains, no curve is drawn, and the offline values are skipped when the tiers
+are given (only the tier choice would read them).
 """
 
 from __future__ import annotations
@@ -472,7 +472,12 @@ async def run_job(config: JobConfig, observer: JobObserver) -> JobResult:
         await eval_policy.aclose()
         await pool.close()
 
-    curve = plot_learning_curves({f"{config.method} seed {config.seed}": out}, out / "curve.png")
+    # A run that trained nothing has no curve: one point at zero episodes.
+    curve = (
+        None
+        if evaluate_only
+        else plot_learning_curves({f"{config.method} seed {config.seed}": out}, out / "curve.png")
+    )
     result = JobResult(
         method=config.method,
         ablation=config.ablation,

@@ -409,6 +409,7 @@ def _run_local(config: Any, quiet: bool) -> dict[str, Any]:
         f"held-out greedy accuracy {summary['heldout_accuracy_before']:.3f} → "
         f"{summary['heldout_accuracy_after']:.3f} ({gain:+.1f} points) on "
         f"{summary['heldout_n']} problems; {summary['episodes']} episodes in "
-        f"{summary['train_wall_s']:.0f} s of training; curve: {result.curve}"
+        f"{summary['train_wall_s']:.0f} s of training"
+        + (f"; curve: {result.curve}" if result.curve is not None else "")
     )
     return summary

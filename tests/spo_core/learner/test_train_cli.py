@@ -186,6 +186,5 @@ def test_continued_sft_then_an_evaluation_only_run(ci_nano: Path, tmp_path: Path
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0] and "loss" not in records[0]
     assert "heldout/greedy_accuracy" in records[0]
-    assert not (out / "checkpoints").exists()
-    assert (out / "curve.png").stat().st_size > 1000
+    assert not (out / "checkpoints").exists() and not (out / "curve.png").exists()
     assert json.loads((out / "result.json").read_text()) == result
