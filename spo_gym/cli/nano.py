@@ -117,10 +117,26 @@ def _continue(
     threads: int | None,
 ) -> None:
     """``--continue-from``: continued SFT of ``folder`` into ``out``."""
-    from agents.nano import NANO_CONFIG_FILE
+    from agents.nano import CI_CONFIG, NANO_CONFIG_FILE, NanoConfig
 
     if not (folder / NANO_CONFIG_FILE).is_file():
         _fail(f"--continue-from {folder}: not a nano model folder (no {NANO_CONFIG_FILE})")
+    try:
+        is_ci = (
+            NanoConfig.from_dict(json.loads((folder / NANO_CONFIG_FILE).read_text())) == CI_CONFIG
+        )
+    except (OSError, ValueError, TypeError) as exc:
+        _fail(f"--continue-from {folder}: unreadable {NANO_CONFIG_FILE} ({exc})")
+    # The recipe is not stored in the folder: the CI nano goes with the CI recipe, as built.
+    if is_ci != ci:
+        _fail(
+            f"--continue-from {folder}: "
+            + (
+                "the CI nano continues with the CI recipe: add --ci"
+                if is_ci
+                else "not the CI nano: drop --ci"
+            )
+        )
     if wall_s is None or not wall_s > 0:
         _fail(f"--wall-s must be > 0 with --continue-from, got {wall_s}")
     if out is None:
@@ -166,7 +182,7 @@ def _continue(
     figures = {
         "model": str(out),
         "continued_from": str(folder),
-        "config": "ci" if ci else "default",
+        "recipe": "ci" if ci else "default",
         "seed": seed,
         "trace_seed": trace_seed,
         "parameters": report.parameters,
@@ -174,7 +190,7 @@ def _continue(
         "stopped": report.stopped,
         "train_s": round(report.train_s, 1),
         "wall_budget_s": wall_s,
-        "lr": recipe.final_lr,
+        "lr": round(recipe.final_lr, 10),
         "heldout_loss_before": round(first, 4),
         "heldout_loss_after": round(last, 4),
     }

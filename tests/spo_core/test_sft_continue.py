@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from agents.hf_policy import HFPolicy
-from agents.nano import CI_CONFIG, NanoConfig
+from agents.nano import CI_CONFIG, DEFAULT_CONFIG, NanoConfig, save_nano
 from spo_core.learner.sft import CI_RECIPE, DEFAULT_RECIPE, load_report
 from spo_core.learner.sft_continue import SFTContinueError, continue_sft
 from spo_gym.cli import app
@@ -158,3 +158,20 @@ def test_cli_continue_errors_are_one_line(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_continues_a_nano_with_the_recipe_it_was_built_with(
+    ci_nano: Path, tmp_path: Path
+) -> None:
+    # The folder does not store its recipe: the CI nano takes --ci, any other nano does not.
+    default = save_nano(tmp_path / "default", DEFAULT_CONFIG)
+    for folder, flags, message in (
+        (ci_nano, [], "add --ci"),
+        (default, ["--ci"], "not the CI nano: drop --ci"),
+    ):
+        args = ["--continue-from", str(folder), "--wall-s", "1", "--out", str(tmp_path / "o")]
+        result = CliRunner().invoke(app, ["nano", *flags, *args])
+        assert result.exit_code == 2
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0]
+        assert not (tmp_path / "o").exists()
