@@ -40,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agents.nano import CI_CONFIG, DEFAULT_CONFIG, NANO_CONFIG_FILE  # noqa: E402
+from agents.nano import CI_CONFIG, DEFAULT_CONFIG, NANO_CONFIG_FILE, NanoConfig  # noqa: E402
 from spo_core.learner.curves import plot_learning_curves  # noqa: E402
 from spo_core.learner.metrics_log import read_metrics  # noqa: E402
 from spo_core.learner.sft import CI_RECIPE, DEFAULT_RECIPE, warm_start_dir  # noqa: E402
@@ -134,8 +134,9 @@ def warm_start_of(model: str) -> tuple[Path, bool] | None:
         return warm_start_dir(DEFAULT_CONFIG, DEFAULT_RECIPE, 0), False
     if model == "nano-ci":
         return warm_start_dir(CI_CONFIG, CI_RECIPE, 0), True
-    if (Path(model) / NANO_CONFIG_FILE).is_file():
-        return Path(model), False
+    config = Path(model) / NANO_CONFIG_FILE
+    if config.is_file():
+        return Path(model), NanoConfig.from_dict(json.loads(config.read_text())) == CI_CONFIG
     return None
 
 
