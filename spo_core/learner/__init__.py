@@ -1,6 +1,7 @@
 """The learner: training loops that update a policy's weights — the SPO/GRPO loop around the
 rollout engine with its checkpoints (:mod:`spo_core.learner.loop`), and the supervised warm start
-(:mod:`spo_core.learner.sft`, imported on its own) — and what runs around them: offline values,
+(:mod:`spo_core.learner.sft`, imported on its own) and its continuation for a wall-time budget
+(:mod:`spo_core.learner.sft_continue`) — and what runs around them: offline values,
 held-out evaluation, tier choice, metrics and curves, and the whole ReTool job
 (:mod:`spo_core.learner.job`).
 

@@ -4,6 +4,10 @@ SPO (or GRPO) training with periodic held-out evaluations → held-out after →
 This is what ``./run_retool.sh`` (``spo-gym train``) runs on the local backend, and what the
 learning-curve experiment runs once per configuration. Every stage reports through a
 :class:`JobObserver`, so the command line can show it live and a benchmark can stay quiet.
+
+With ``steps=0`` the job only evaluates: the model's held-out report is both "before" and
+"after", nothing trains, no curve is drawn, and the offline values are skipped when the tiers
+are given (only the tier choice would read them).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -88,7 +92,8 @@ class JobConfig:
         offline_k: offline samples per prompt (§5's n₀); also the k of pass@k for the tier
             choice.
         episode_budget: training episodes (trajectories delivered to the learner).
-        steps: training steps instead of an episode budget (when set).
+        steps: training steps instead of an episode budget (when set); 0: evaluate the model
+            on the held-out set and train nothing.
         eval_every: greedy held-out evaluation every this many steps and after the last (0:
             none); the full evaluation (greedy and avg@k) runs before and after training.
         temperature: training sampling temperature (top-p 1, top-k off).
@@ -231,7 +236,9 @@ def _resolve_model(config: JobConfig, observer: JobObserver) -> _Model:
     return _Model(folder, _SMOLLM_ENV, {}, max_tokens=384, seen=[])
 
 
-def _learner_args(config: JobConfig, n_prompts: int) -> LearnerArgs:
+def _learner_args(config: JobConfig, n_prompts: int | None) -> LearnerArgs:
+    """The learner's settings: the CPU profile, the ablation, the run's end and the overrides,
+    checked against a train set of ``n_prompts`` (``None``: no train set to check)."""
     args = LearnerArgs.cpu(config.method, seed=config.seed).ablation(config.ablation)
     end: dict[str, Any] = (
         {"total_steps": config.steps, "episode_budget": None}
@@ -242,7 +249,8 @@ def _learner_args(config: JobConfig, n_prompts: int) -> LearnerArgs:
         **end, eval_every=config.eval_every, checkpoint_every=args.checkpoint_every
     )
     args = args.with_overrides(**dict(config.learner))
-    args.check_dataset(n_prompts)
+    if n_prompts is not None:
+        args.check_dataset(n_prompts)
     return args
 
 
@@ -262,7 +270,15 @@ def validate(config: JobConfig) -> None:
         )
     if config.heldout_n < 1 or config.heldout_k < 1 or config.offline_k < 1:
         raise JobError("heldout_n, heldout_k and offline_k must be >= 1")
+    if config.steps is not None and config.steps < 0:
+        raise JobError(f"steps must be >= 0 (0: evaluation only), got {config.steps}")
+    if config.steps == 0 and config.resume is not None:
+        raise JobError("resume continues training; an evaluation-only job (steps 0) has none")
     tiers = [Tier.parse(name) for name in config.tiers or config.candidate_tiers]
+    if config.steps == 0:
+        # Nothing trains, so no train set to fit; a bad learner setting is still bad input.
+        _learner_args(replace(config, steps=None), None)
+        return
     # The smallest train set the tier choice can leave is one tier's prompts.
     smallest = config.train_per_tier * (len(tiers) if config.tiers else 1)
     _learner_args(config, smallest)
@@ -279,12 +295,13 @@ async def run_job(config: JobConfig, observer: JobObserver) -> JobResult:
     validate(config)
     transformers.utils.logging.disable_progress_bar()
     candidates = [Tier.parse(name) for name in config.tiers or config.candidate_tiers]
+    evaluate_only = config.steps == 0
 
-    # 1. The model: its warm start (nano), a rollout copy and a trainable copy.
+    # 1. The model: its warm start (nano), a rollout copy and an evaluation copy (the trainable
+    #    copy is made when training starts).
     model_info = _resolve_model(config, observer)
     tokenizer = AutoTokenizer.from_pretrained(model_info.path)
     rollout_model = AutoModelForCausalLM.from_pretrained(model_info.path, dtype=torch.float32)
-    train_model: PreTrainedModel = copy.deepcopy(rollout_model)
     eval_model: PreTrainedModel = copy.deepcopy(rollout_model)
     policy = HFPolicy(rollout_model, tokenizer, max_batch_size=config.concurrency, seed=config.seed)
     eval_policy = HFPolicy(eval_model, tokenizer, max_batch_size=config.concurrency)
@@ -308,39 +325,42 @@ async def run_job(config: JobConfig, observer: JobObserver) -> JobResult:
             for t in tier_tasks(candidates, config.train_per_tier, config.train_seed)
             if str(t.extra.get("expression")) not in sft_seen
         ]
-        observer.stage(
-            "offline values",
-            f"{len(candidate_tasks)} prompts x {config.offline_k} samples "
-            f"({', '.join(t.name for t in candidates)})",
-        )
-        offline: OfflineValues = await offline_values(
-            policy,
-            tokenizer,
-            pool,
-            spec,
-            candidate_tasks,
-            model_id=model_id,
-            cache_dir=(config.cache or cache_dir()) / "offline",
-            k=config.offline_k,
-            episodes_in_flight=config.concurrency,
-            on_progress=observer.progress,
-        )
-        observer.stage(
-            "offline values",
-            f"{offline.samples} samples in {offline.wall_s:.0f} s"
-            + (" (cached)" if offline.cached else ""),
-        )
+        offline: OfflineValues | None = None
+        if evaluate_only and config.tiers:
+            observer.stage("offline values", "skipped: evaluation only, the tiers are given")
+        else:
+            observer.stage(
+                "offline values",
+                f"{len(candidate_tasks)} prompts x {config.offline_k} samples "
+                f"({', '.join(t.name for t in candidates)})",
+            )
+            offline = await offline_values(
+                policy,
+                tokenizer,
+                pool,
+                spec,
+                candidate_tasks,
+                model_id=model_id,
+                cache_dir=(config.cache or cache_dir()) / "offline",
+                k=config.offline_k,
+                episodes_in_flight=config.concurrency,
+                on_progress=observer.progress,
+            )
+            observer.stage(
+                "offline values",
+                f"{offline.samples} samples in {offline.wall_s:.0f} s"
+                + (" (cached)" if offline.cached else ""),
+            )
 
         # 3. Training tiers: given, or where the warm start solves 20–60% and pass@k ≫ pass@1.
-        rates = tier_pass_rates(candidate_tasks, offline.scores, k=config.offline_k)
-        chosen = list(config.tiers) or choose_tiers(rates)
-        observer.tiers(rates, chosen)
+        #    The train set is drawn either way: the held-out set is deduplicated against it.
+        chosen = list(config.tiers)
+        if offline is not None:
+            rates = tier_pass_rates(candidate_tasks, offline.scores, k=config.offline_k)
+            chosen = chosen or choose_tiers(rates)
+            observer.tiers(rates, chosen)
         train = [t for t in candidate_tasks if tier_of(t) in chosen]
-        args = _learner_args(config, len(train))
-        offline_scores = OfflineScores.from_lists(
-            {t.key: offline.scores[t.key] for t in train if t.key in offline.scores},
-            args.spo.offline,
-        )
+        args = None if evaluate_only else _learner_args(config, len(train))
 
         # 4. Held-out problems: a separate seed, no expression shared with training.
         per_tier = math.ceil(config.heldout_n / len(chosen))
@@ -382,65 +402,82 @@ async def run_job(config: JobConfig, observer: JobObserver) -> JobResult:
             write_cached_report(heldout_cache, before_key, before)
         log = MetricsLog(out)
         log.log(0, {"episodes": 0, "wall_s": 0.0, **before.to_metrics()})
-        clock = {"train_start": 0.0, "eval_s": 0.0}
-
-        async def evaluate(state: Mapping[str, torch.Tensor], version: int) -> dict[str, float]:
-            t0 = time.monotonic()
-            await eval_policy.update_weights(state, eval_policy.version + 1)
-            # Greedy only during training; the sampled avg@k once, after the last step.
-            report = await evaluate_now(f"step {version}", 0)
-            clock["eval_s"] += time.monotonic() - t0
-            return report.to_metrics()
-
-        def on_step(report: StepReport) -> None:
-            # Training wall time: held-out evaluations are measurement, not training.
-            wall = time.monotonic() - clock["train_start"] - clock["eval_s"]
-            figures = {k: v for k, v in report.to_dict().items() if k != "eval"}
-            log.log(
-                report.step,
-                {
-                    **figures,
-                    "step_wall_s": report.wall_s,
-                    "wall_s": wall,
-                    "reward/mean": report.reward_mean,
-                    **report.eval,
-                },
-            )
-            observer.step(report)
-
-        # 5. Training (spo_core.learner.loop: the numbered steps of SPO_SPEC §2).
-        learner = Learner(
-            args,
-            model=train_model,
-            policy=policy,
-            episode_fn=episode_fn(spec, policy, tokenizer, pool),
-            tasks=train,
-            offline=offline_scores,
-            evaluate=evaluate,
-            on_step=on_step,
-            checkpoint_dir=out / "checkpoints",
-            pad_id=int(tokenizer.pad_token_id or 0),
-        )
-        if config.resume is not None:
-            observer.stage("resume", str(await learner.resume(config.resume)))
-        observer.stage(
-            "training", f"{config.method} ({config.ablation}) on {len(train)} prompts of {chosen}"
-        )
-        clock["train_start"] = time.monotonic()
-        try:
-            step_reports = await learner.train()
-        finally:
-            await learner.close()
+        if args is None or offline is None:
+            # Evaluation only: the weights are those just scored, so "after" is "before".
             log.close()
-        train_wall = time.monotonic() - clock["train_start"] - clock["eval_s"]
-        await eval_policy.update_weights(learner.model.state_dict(), eval_policy.version + 1)
-        after = await evaluate_now("after", config.heldout_k)
+            observer.stage("evaluation only", "no training; the report after is the one before")
+            after, steps, episodes, train_wall = before, 0, 0, 0.0
+        else:
+            offline_scores = OfflineScores.from_lists(
+                {t.key: offline.scores[t.key] for t in train if t.key in offline.scores},
+                args.spo.offline,
+            )
+            clock = {"train_start": 0.0, "eval_s": 0.0}
+
+            async def evaluate(state: Mapping[str, torch.Tensor], version: int) -> dict[str, float]:
+                t0 = time.monotonic()
+                await eval_policy.update_weights(state, eval_policy.version + 1)
+                # Greedy only during training; the sampled avg@k once, after the last step.
+                report = await evaluate_now(f"step {version}", 0)
+                clock["eval_s"] += time.monotonic() - t0
+                return report.to_metrics()
+
+            def on_step(report: StepReport) -> None:
+                # Training wall time: held-out evaluations are measurement, not training.
+                wall = time.monotonic() - clock["train_start"] - clock["eval_s"]
+                figures = {k: v for k, v in report.to_dict().items() if k != "eval"}
+                log.log(
+                    report.step,
+                    {
+                        **figures,
+                        "step_wall_s": report.wall_s,
+                        "wall_s": wall,
+                        "reward/mean": report.reward_mean,
+                        **report.eval,
+                    },
+                )
+                observer.step(report)
+
+            # 5. Training (spo_core.learner.loop: the numbered steps of SPO_SPEC §2).
+            learner = Learner(
+                args,
+                model=copy.deepcopy(rollout_model),
+                policy=policy,
+                episode_fn=episode_fn(spec, policy, tokenizer, pool),
+                tasks=train,
+                offline=offline_scores,
+                evaluate=evaluate,
+                on_step=on_step,
+                checkpoint_dir=out / "checkpoints",
+                pad_id=int(tokenizer.pad_token_id or 0),
+            )
+            if config.resume is not None:
+                observer.stage("resume", str(await learner.resume(config.resume)))
+            observer.stage(
+                "training",
+                f"{config.method} ({config.ablation}) on {len(train)} prompts of {chosen}",
+            )
+            clock["train_start"] = time.monotonic()
+            try:
+                steps = len(await learner.train())
+            finally:
+                await learner.close()
+                log.close()
+            episodes = learner.episodes
+            train_wall = time.monotonic() - clock["train_start"] - clock["eval_s"]
+            await eval_policy.update_weights(learner.model.state_dict(), eval_policy.version + 1)
+            after = await evaluate_now("after", config.heldout_k)
     finally:
         await policy.aclose()
         await eval_policy.aclose()
         await pool.close()
 
-    curve = plot_learning_curves({f"{config.method} seed {config.seed}": out}, out / "curve.png")
+    # A run that trained nothing has no curve: one point at zero episodes.
+    curve = (
+        None
+        if evaluate_only
+        else plot_learning_curves({f"{config.method} seed {config.seed}": out}, out / "curve.png")
+    )
     result = JobResult(
         method=config.method,
         ablation=config.ablation,
@@ -448,10 +485,10 @@ async def run_job(config: JobConfig, observer: JobObserver) -> JobResult:
         seed=config.seed,
         tiers=chosen,
         train_prompts=len(train),
-        episodes=learner.episodes,
-        steps=len(step_reports),
-        offline_episodes=len(candidate_tasks) * config.offline_k,
-        offline_wall_s=offline.wall_s,
+        episodes=episodes,
+        steps=steps,
+        offline_episodes=len(candidate_tasks) * config.offline_k if offline is not None else 0,
+        offline_wall_s=offline.wall_s if offline is not None else 0.0,
         train_wall_s=train_wall,
         wall_s=time.monotonic() - t_start,
         heldout_n=len(held.tasks),

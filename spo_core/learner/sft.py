@@ -50,8 +50,10 @@ __all__ = [
     "DEFAULT_RECIPE",
     "RECIPE_FILE",
     "SFT_REPORT_FILE",
+    "Continuation",
     "SFTRecipe",
     "SFTReport",
+    "batch_indices",
     "cache_key",
     "collate",
     "heldout_loss",
@@ -59,6 +61,8 @@ __all__ = [
     "load_report",
     "recipe_tasks",
     "recipe_traces",
+    "sft_optimizer",
+    "sft_step",
     "train_sft",
     "warm_start",
     "warm_start_dir",
@@ -161,6 +165,19 @@ class SFTRecipe:
         """The tier names of the mix, in order."""
         return tuple(t for t, _ in self.mix)
 
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based): linear warm-up to ``lr``, then
+        cosine decay to a tenth of it at ``max_steps``, flat after."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        done = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
+        return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
+
+    @property
+    def final_lr(self) -> float:
+        """The learning rate the schedule ends at (``lr_at(max_steps)``: a tenth of ``lr``)."""
+        return self.lr_at(self.max_steps)
+
 
 DEFAULT_RECIPE = SFTRecipe()
 """The warm start of the default nano. Measured on 2 cores: the copy warm-up's loss falls from
@@ -184,20 +201,43 @@ CI_RECIPE = SFTRecipe(
 """About ten seconds of training for CI: the format and the tool call are learnt, not much more."""
 
 
+@dataclass(frozen=True)
+class Continuation:
+    """How a continued SFT run (:mod:`spo_core.learner.sft_continue`) started and ran.
+
+    Attributes:
+        source: the folder whose model it continued.
+        seed: seeds the batch order.
+        trace_seed: the seed the source was warm-started with; its traces (training and
+            held-out) are those of this seed.
+        lr: the constant learning rate.
+        wall_budget_s: the seconds of training asked for.
+    """
+
+    source: str
+    seed: int
+    trace_seed: int
+    lr: float
+    wall_budget_s: float
+
+
 @dataclass
 class SFTReport:
-    """The figures of one warm start.
+    """The figures of one warm start, or of a continuation of one.
 
     Attributes:
         steps: optimizer steps taken.
-        stopped: "plateau" (the held-out loss stopped improving) or "max_steps".
-        train_s: seconds of training (trace rendering excluded).
+        stopped: "plateau" (the held-out loss stopped improving), "max_steps", or "wall" (a
+            continuation's wall-time budget ran out).
+        train_s: seconds of training (trace rendering and held-out evaluations excluded).
         train_traces: training traces; heldout_traces: held-out traces.
         train_tokens: trained-on (model) tokens per epoch of the training traces.
         heldout_loss: (step, held-out loss per model token) at every evaluation, step 0 first.
         train_loss: (step, mean training loss over the steps since the previous point).
         num_threads: torch threads used.
         parameters: model parameters.
+        continued: set for a continuation: where it started and how it ran; ``None`` for a
+            warm start.
     """
 
     steps: int = 0
@@ -210,6 +250,7 @@ class SFTReport:
     train_loss: list[tuple[int, float]] = field(default_factory=list)
     num_threads: int = 1
     parameters: int = 0
+    continued: Continuation | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The figures as a JSON-ready dict."""
@@ -218,7 +259,8 @@ class SFTReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SFTReport:
         """The report of :meth:`to_dict`'s output."""
-        report = cls(**data)
+        continued = data.get("continued")
+        report = cls(**{**data, "continued": Continuation(**continued) if continued else None})
         report.heldout_loss = [(int(s), float(v)) for s, v in report.heldout_loss]
         report.train_loss = [(int(s), float(v)) for s, v in report.train_loss]
         return report
@@ -395,6 +437,52 @@ def heldout_loss(
     return total / max(count, 1)
 
 
+def sft_optimizer(model: torch.nn.Module, recipe: SFTRecipe, lr: float) -> torch.optim.AdamW:
+    """AdamW at ``lr`` with the recipe's weight decay on the matrices only (norms and
+    embeddings are not decayed)."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": recipe.weight_decay},
+            {"params": rest, "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
+
+
+def batch_indices(n: int, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Endless batches of indices into ``n`` traces: epochs shuffled by ``rng``, a batch may
+    straddle two epochs."""
+    order: list[int] = []
+    while True:
+        if len(order) < batch_size:
+            epoch = list(range(n))
+            rng.shuffle(epoch)
+            order += epoch
+        picked, order = order[:batch_size], order[batch_size:]
+        yield picked
+
+
+def sft_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    traces: Sequence[Trace],
+    pad_id: int,
+    grad_clip: float,
+) -> float:
+    """One optimizer step on the mean cross-entropy per model token of ``traces`` (gradient
+    norm clipped to ``grad_clip``); returns that loss."""
+    loss, count = _loss_sum(model, traces, pad_id)
+    loss = loss / max(count, 1)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
 def train_sft(
     model: torch.nn.Module,
     train: Sequence[Trace],
@@ -412,23 +500,7 @@ def train_sft(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     pad_id = int(getattr(model.config, "pad_token_id", 0) or 0)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": recipe.weight_decay},
-            {"params": rest, "weight_decay": 0.0},
-        ],
-        lr=recipe.lr,
-        betas=(0.9, 0.95),
-    )
-
-    def lr_at(step: int) -> float:
-        if step < recipe.warmup_steps:
-            return recipe.lr * (step + 1) / recipe.warmup_steps
-        progress_ = (step - recipe.warmup_steps) / max(1, recipe.max_steps - recipe.warmup_steps)
-        return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_))))
-
+    optimizer = sft_optimizer(model, recipe, recipe.lr)
     report = SFTReport(
         train_traces=len(train),
         heldout_traces=len(heldout),
@@ -436,8 +508,7 @@ def train_sft(
         num_threads=threads,
         parameters=sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
     )
-    rng = random.Random(f"spo_gym.sft:{seed}")
-    order: list[int] = []
+    batches = batch_indices(len(train), recipe.batch_size, random.Random(f"spo_gym.sft:{seed}"))
     best, stale = math.inf, 0
     window: list[float] = []
     t0 = time.monotonic()
@@ -448,20 +519,10 @@ def train_sft(
             report.heldout_loss.append((0, heldout_loss(model, heldout, pad_id)))
             say(f"step 0: held-out loss {report.heldout_loss[-1][1]:.3f}")
             for step in range(recipe.max_steps):
-                if len(order) < recipe.batch_size:
-                    epoch = list(range(len(train)))
-                    rng.shuffle(epoch)
-                    order += epoch
-                picked, order = order[: recipe.batch_size], order[recipe.batch_size :]
                 for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step)
-                loss, count = _loss_sum(model, [train[i] for i in picked], pad_id)
-                loss = loss / max(count, 1)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                optimizer.step()
-                window.append(float(loss.detach()))
+                    group["lr"] = recipe.lr_at(step)
+                picked = [train[i] for i in next(batches)]
+                window.append(sft_step(model, optimizer, picked, pad_id, recipe.grad_clip))
                 report.steps = step + 1
                 if report.steps % recipe.eval_every and report.steps != recipe.max_steps:
                     continue

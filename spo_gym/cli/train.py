@@ -155,7 +155,12 @@ def train(
         8, min=1, help="Offline samples per prompt (tracker start; pass@k of the tier choice)."
     ),
     episodes: int = typer.Option(1024, min=1, help="Training episode budget."),
-    steps: int | None = typer.Option(None, min=1, help="Training steps (overrides --episodes)."),
+    steps: int | None = typer.Option(
+        None,
+        min=0,
+        help="Training steps (overrides --episodes); 0: only evaluate the model on the held-out "
+        "set (no training; with --tiers, no offline values either).",
+    ),
     eval_every: int = typer.Option(8, min=0, help="Held-out evaluation every N steps (0: end)."),
     temperature: float = typer.Option(1.0, min=0.01, help="Training sampling temperature."),
     set_: list[str] = typer.Option(
@@ -212,7 +217,7 @@ def train(
         heldout_seed=heldout_seed,
         heldout_k=heldout_k,
         offline_k=offline_k,
-        episode_budget=None if steps else episodes,
+        episode_budget=None if steps is not None else episodes,
         steps=steps,
         eval_every=eval_every,
         temperature=temperature,
@@ -405,6 +410,7 @@ def _run_local(config: Any, quiet: bool) -> dict[str, Any]:
         f"held-out greedy accuracy {summary['heldout_accuracy_before']:.3f} → "
         f"{summary['heldout_accuracy_after']:.3f} ({gain:+.1f} points) on "
         f"{summary['heldout_n']} problems; {summary['episodes']} episodes in "
-        f"{summary['train_wall_s']:.0f} s of training; curve: {result.curve}"
+        f"{summary['train_wall_s']:.0f} s of training"
+        + (f"; curve: {result.curve}" if result.curve is not None else "")
     )
     return summary

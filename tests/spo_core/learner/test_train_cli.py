@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from spo_core.learner.args import LearnerArgsError
+from spo_core.learner.job import JobConfig, JobError, validate
+
 ROOT = Path(__file__).resolve().parents[3]
 CLI = str(ROOT / ".venv" / "bin" / "spo-gym")
 REQUIRED = {
@@ -58,6 +61,30 @@ def test_bad_input_is_one_line_before_any_work(
 def test_resume_without_checkpoints_is_an_error(tmp_path: Path) -> None:
     proc = _train("--resume", "--out", str(tmp_path))
     assert proc.returncode == 2 and "no checkpoints" in proc.stderr
+
+
+def test_an_evaluation_only_job_checks_its_settings_but_needs_no_train_set() -> None:
+    # 500 distinct prompts per batch cannot be kept by a training run, but nothing trains.
+    validate(JobConfig(steps=0, tiers=("d1o1",), train_per_tier=8, learner={"batch_size": 500}))
+    with pytest.raises(LearnerArgsError, match="distinct prompts"):
+        validate(JobConfig(steps=1, tiers=("d1o1",), train_per_tier=8, learner={"batch_size": 500}))
+    with pytest.raises(LearnerArgsError, match="lr must be > 0"):
+        validate(JobConfig(steps=0, learner={"lr": -1.0}))
+    with pytest.raises(JobError, match="steps must be >= 0"):
+        validate(JobConfig(steps=-1))
+    with pytest.raises(JobError, match="evaluation-only"):
+        validate(JobConfig(steps=0, resume=Path("runs/x/checkpoints")))
+
+
+def test_steps_zero_is_an_evaluation_only_plan(tmp_path: Path) -> None:
+    proc = _train("--dry-run", "--steps", "0", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert plan["steps"] == 0 and plan["episode_budget"] is None
+    (tmp_path / "checkpoints").mkdir()
+    proc = _train("--steps", "0", "--resume", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "evaluation-only" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_dry_run_prints_the_plan_and_verl_launch_command(tmp_path: Path) -> None:
@@ -131,3 +158,38 @@ def test_no_tier_to_train_on_is_one_line(ci_nano: Path, tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "no tier has pass@1 in 20%-60%" in proc.stderr and "d3o2" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.docker
+def test_continued_sft_then_an_evaluation_only_run(ci_nano: Path, tmp_path: Path) -> None:
+    model = tmp_path / "continued"
+    cont = subprocess.run(
+        [CLI, "nano", "--ci", "--continue-from", str(ci_nano), "--wall-s", "2", "--out", str(model)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert cont.returncode == 0, cont.stderr[-3000:]
+    assert json.loads(cont.stdout.strip().splitlines()[-1])["model"] == str(model)
+    out = tmp_path / "run"
+    proc = _train(
+        "--model", str(model), "--tiers", "d1o1", "--train-per-tier", "24",
+        "--heldout-n", "8", "--heldout-k", "1", "--steps", "0",
+        "--concurrency", "8", "--quiet", "--out", str(out),
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result) >= REQUIRED and result["model"] == str(model)
+    assert result["steps"] == 0 and result["episodes"] == 0 and result["train_wall_s"] == 0
+    assert result["offline_episodes"] == 0 and result["heldout_n"] == 8
+    # "after" is the report "before", not a second evaluation.
+    assert result["heldout_accuracy_after"] == result["heldout_accuracy_before"]
+    assert result["heldout_avg@1_after"] == result["heldout_avg@1_before"]
+    assert result["heldout_per_tier_after"] == result["heldout_per_tier_before"]
+    assert proc.stderr.count("held-out: before: 8 problems") == 1
+    assert "held-out: after" not in proc.stderr and "held-out after" not in proc.stderr
+    assert "offline values: skipped" in proc.stderr
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0] and "loss" not in records[0]
+    assert "heldout/greedy_accuracy" in records[0]
+    assert not (out / "checkpoints").exists() and not (out / "curve.png").exists()
+    assert json.loads((out / "result.json").read_text()) == result
