@@ -66,6 +66,7 @@ __all__ = [
     "train_sft",
     "warm_start",
     "warm_start_dir",
+    "write_recipe",
 ]
 
 SFT_REPORT_FILE = "sft.json"
@@ -281,7 +282,8 @@ def warm_start_dir(
     return root / f"nano-{cache_key(config, recipe, seed)}"
 
 
-def _write_recipe(folder: Path, recipe: SFTRecipe, seed: int) -> None:
+def write_recipe(folder: Path, recipe: SFTRecipe, seed: int) -> None:
+    """Name in ``folder`` the recipe and seed whose traces the model there was trained on."""
     data = {"recipe": recipe.to_dict(), "seed": seed}
     (folder / RECIPE_FILE).write_text(json.dumps(data, indent=1) + "\n")
 
@@ -323,7 +325,7 @@ def warm_start(
     target = warm_start_dir(config, recipe, seed, cache_root)
     if (target / SFT_REPORT_FILE).is_file():
         if not (target / RECIPE_FILE).is_file():  # cached before folders named their recipe
-            _write_recipe(target, recipe, seed)
+            write_recipe(target, recipe, seed)
         return target
     say = progress or (lambda line: None)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -358,7 +360,7 @@ def warm_start(
                 model, train, heldout, recipe, seed, num_threads=num_threads, progress=say
             )
             save_nano(tmp, config, model, tokenizer)
-            _write_recipe(tmp, recipe, seed)
+            write_recipe(tmp, recipe, seed)
             (tmp / SFT_REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
             tmp.rename(target)
         finally:

@@ -40,6 +40,7 @@ from spo_core.learner.sft import (
     recipe_traces,
     sft_optimizer,
     sft_step,
+    write_recipe,
 )
 from spo_core.learner.traces import TraceError
 
@@ -166,7 +167,7 @@ def continue_sft(
         f"step {report.steps} ({report.stopped}, {report.train_s:.1f} s): held-out loss "
         f"{report.heldout_loss[0][1]:.4f} -> {report.heldout_loss[-1][1]:.4f}"
     )
-    _save(out, config, model, tokenizer, report)
+    _save(out, config, model, tokenizer, report, recipe, trace_seed)
     return report
 
 
@@ -176,6 +177,8 @@ def _save(
     model: Qwen3ForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
     report: SFTReport,
+    recipe: SFTRecipe,
+    trace_seed: int,
 ) -> None:
     """Write the folder into a temporary sibling, then rename it into place (a rename replaces
     an empty folder), so ``out`` is either absent or complete."""
@@ -184,6 +187,7 @@ def _save(
     try:
         save_nano(tmp, config, model, tokenizer)
         (tmp / SFT_REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+        write_recipe(tmp, recipe, trace_seed)  # the same traces: a job keeps them out
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -127,8 +127,11 @@ def _continue(
         )
     except (OSError, ValueError, TypeError) as exc:
         _fail(f"--continue-from {folder}: unreadable {NANO_CONFIG_FILE} ({exc})")
-    # The recipe is not stored in the folder: the CI nano goes with the CI recipe, as built.
-    if is_ci != ci:
+    from spo_core.learner.sft import load_recipe
+
+    named = load_recipe(folder)
+    # A folder built before folders named their recipe: the CI nano goes with the CI recipe.
+    if named is None and is_ci != ci:
         _fail(
             f"--continue-from {folder}: "
             + (
@@ -154,10 +157,13 @@ def _continue(
     from spo_core.learner.sft_continue import SFTContinueError, continue_sft
 
     hf_logging.disable_progress_bar()
-    recipe = CI_RECIPE if ci else DEFAULT_RECIPE
-    console.print(
-        f"continuing {folder} ({'ci' if ci else 'default'} recipe), seed {seed}, {wall_s:g} s"
-    )
+    if named is not None:
+        recipe, trace_seed = named
+        recipe_name = "the folder's"
+    else:
+        recipe = CI_RECIPE if ci else DEFAULT_RECIPE
+        recipe_name = "ci" if ci else "default"
+    console.print(f"continuing {folder} ({recipe_name} recipe), seed {seed}, {wall_s:g} s")
     try:
         report = continue_sft(
             folder,
@@ -182,7 +188,7 @@ def _continue(
     figures = {
         "model": str(out),
         "continued_from": str(folder),
-        "recipe": "ci" if ci else "default",
+        "recipe": recipe.to_dict(),
         "seed": seed,
         "trace_seed": trace_seed,
         "parameters": report.parameters,

@@ -5,6 +5,7 @@ seed, writes a complete nano folder atomically, and ``spo-gym nano --continue-fr
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 
 from agents.hf_policy import HFPolicy
 from agents.nano import CI_CONFIG, DEFAULT_CONFIG, NanoConfig, save_nano
-from spo_core.learner.sft import CI_RECIPE, DEFAULT_RECIPE, load_report
+from spo_core.learner.sft import CI_RECIPE, DEFAULT_RECIPE, RECIPE_FILE, load_recipe, load_report
 from spo_core.learner.sft_continue import SFTContinueError, continue_sft
 from spo_gym.cli import app
 
@@ -163,10 +164,21 @@ def test_cli_continue_errors_are_one_line(
 def test_cli_continues_a_nano_with_the_recipe_it_was_built_with(
     ci_nano: Path, tmp_path: Path
 ) -> None:
-    # The folder does not store its recipe: the CI nano takes --ci, any other nano does not.
+    # A folder that names its recipe continues with it, and the new folder names it too.
+    assert load_recipe(ci_nano) == (CI_RECIPE, 0)
+    out = tmp_path / "named"
+    args = ["--continue-from", str(ci_nano), "--wall-s", "1", "--out", str(out), "--threads", "1"]
+    result = CliRunner().invoke(app, ["nano", *args])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["recipe"] == CI_RECIPE.to_dict()
+    assert load_recipe(out) == (CI_RECIPE, 0)
+    # A folder that names none: the CI nano takes --ci, any other nano does not.
+    bare = tmp_path / "bare"
+    shutil.copytree(ci_nano, bare)
+    (bare / RECIPE_FILE).unlink()
     default = save_nano(tmp_path / "default", DEFAULT_CONFIG)
     for folder, flags, message in (
-        (ci_nano, [], "add --ci"),
+        (bare, [], "add --ci"),
         (default, ["--ci"], "not the CI nano: drop --ci"),
     ):
         args = ["--continue-from", str(folder), "--wall-s", "1", "--out", str(tmp_path / "o")]
