@@ -334,10 +334,18 @@ class _LiveView:
 
     def heldout(self, label: str, report: Any) -> None:
         tiers = " ".join(f"{t}:{s.greedy:.2f}" for t, s in report.per_tier.items())
-        row = (label, f"{report.greedy_accuracy:.3f}", f"{report.avg_at_k:.3f}", tiers)
+        # Evaluations during training are greedy only (k = 0): no avg@k to show.
+        avg = f"{report.avg_at_k:.3f}" if report.k else "-"
+        row = (
+            label,
+            f"{report.greedy_accuracy:.3f}",
+            f"avg@{report.k} {avg}" if report.k else avg,
+            tiers,
+        )
         self.heldout_rows.append(row)
         if self.quiet or self.live is None:
-            console.print(f"held-out {label}: greedy {row[1]}, avg@{report.k} {row[2]} ({tiers})")
+            sampled = f", avg@{report.k} {avg}" if report.k else ""
+            console.print(f"held-out {label}: greedy {row[1]}{sampled} ({tiers})")
         self._refresh()
 
     def step(self, report: Any) -> None:
@@ -355,7 +363,7 @@ class _LiveView:
             parts.append(self.tier_table)
         if self.heldout_rows:
             held = Table(title="held-out accuracy")
-            for col in ("when", "greedy", "avg@4", "per tier (greedy)"):
+            for col in ("when", "greedy", "sampled", "per tier (greedy)"):
                 held.add_column(col)
             for row in self.heldout_rows:
                 held.add_row(*row)

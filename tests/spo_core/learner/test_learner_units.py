@@ -55,7 +55,7 @@ def test_paper_profile_is_the_default_and_cpu_profile_is_sized_for_a_nano() -> N
     )
     assert paper.spo.loss.dual_clip == 10.0 and paper.spo.loss.is_cap == 2.0
     cpu = LearnerArgs.cpu()
-    assert cpu.lr == pytest.approx(3e-5) and cpu.batch_size <= 64
+    assert cpu.lr == pytest.approx(1e-4) and cpu.batch_size <= 64
     grpo = LearnerArgs.cpu("grpo")
     assert grpo.method == "grpo" and grpo.spo.advantage.estimator == "grpo"
     assert grpo.spo.sampler.mode == "uniform" and grpo.trajectories_per_step == 4 * 8
