@@ -36,6 +36,7 @@ def plot_learning_curves(
     episodes: str = "episodes",
     wall: str = "wall_s",
     title: str | None = None,
+    offsets: Mapping[str, tuple[float, float]] | None = None,
 ) -> Path:
     """Write a PNG with three panels — ``accuracy`` vs ``episodes``, ``accuracy`` vs ``wall``
     (minutes) and ``reward`` vs ``episodes`` — one line per run.
@@ -45,6 +46,8 @@ def plot_learning_curves(
         out: the PNG to write (its folder is created).
         accuracy / reward / episodes / wall: the metric names to plot.
         title: the figure's title.
+        offsets: label → (episodes, seconds) spent before training, added to that run's x
+            values: SPO's offline episodes counted in its budget (runs not named: none).
 
     Returns:
         ``out`` as a path.
@@ -66,16 +69,22 @@ def plot_learning_curves(
     if not any(_series(r, episodes, accuracy)[0] for r in loaded.values()):
         raise ValueError(f"no run has both {episodes!r} and {accuracy!r} to plot")
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    shift = dict(offsets or {})
+    what = "episodes, offline included" if offsets else "training episodes"
+    when = "wall time, offline included (min)" if offsets else "training wall time (min)"
     panels = (
-        (axes[0], episodes, accuracy, 1.0, "training episodes", "held-out accuracy"),
-        (axes[1], wall, accuracy, 60.0, "training wall time (min)", "held-out accuracy"),
-        (axes[2], episodes, reward, 1.0, "training episodes", "training reward (mean)"),
+        (axes[0], episodes, accuracy, 1.0, 0, what, "held-out accuracy"),
+        (axes[1], wall, accuracy, 60.0, 1, when, "held-out accuracy"),
+        (axes[2], episodes, reward, 1.0, 0, what, "training reward (mean)"),
     )
-    for ax, x, y, scale, xlabel, ylabel in panels:
+    for ax, x, y, scale, which, xlabel, ylabel in panels:
         for label, records in loaded.items():
             xs, ys = _series(records, x, y)
+            offset = shift.get(label, (0.0, 0.0))[which]
             if xs:
-                ax.plot([v / scale for v in xs], ys, marker="o", markersize=3, label=label)
+                ax.plot(
+                    [(v + offset) / scale for v in xs], ys, marker="o", markersize=3, label=label
+                )
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

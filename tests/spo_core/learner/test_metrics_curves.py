@@ -80,3 +80,19 @@ def test_learning_curve_needs_accuracy(tmp_path: Path) -> None:
         plot_learning_curves({"a": [{"step": 1, "episodes": 8}]}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="no runs"):
         plot_learning_curves({}, tmp_path / "x.png")
+
+
+def test_offsets_move_a_run_along_the_budget_axes(tmp_path: Path) -> None:
+    spo = [
+        {"step": 1, "episodes": 64, "wall_s": 50.0, "heldout/greedy_accuracy": 0.2},
+        {"step": 2, "episodes": 128, "wall_s": 100.0, "heldout/greedy_accuracy": 0.4},
+    ]
+    grpo = [dict(r, **{"heldout/greedy_accuracy": 0.3}) for r in spo]
+    runs = {"SPO": spo, "GRPO": grpo}
+    plain = plot_learning_curves(runs, tmp_path / "plain.png")
+    again = plot_learning_curves(runs, tmp_path / "again.png", offsets={})
+    moved = plot_learning_curves(runs, tmp_path / "moved.png", offsets={"SPO": (512.0, 60.0)})
+    with Image.open(plain) as a, Image.open(again) as b, Image.open(moved) as c:
+        assert a.size == b.size == c.size
+        assert a.tobytes() == b.tobytes()  # no offset: the same picture
+        assert a.tobytes() != c.tobytes()  # the SPO line (and the axis labels) moved
