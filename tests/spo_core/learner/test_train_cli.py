@@ -4,6 +4,7 @@ real run end to end (CI nano model, real sandbox) whose last stdout line is the 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -125,6 +126,9 @@ def test_a_tiny_run_end_to_end(ci_nano: Path, tmp_path: Path) -> None:
     assert result["decoding"] == "greedy" and result["heldout_n"] == 8
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2]
+    # Evaluations during training are greedy only: no empty avg@k on the console.
+    assert "held-out step 1: greedy" in proc.stderr
+    assert "avg@0" not in proc.stderr and not re.search(r"\bnan\b", proc.stderr)
     assert "heldout/greedy_accuracy" in records[0] and "heldout/greedy_accuracy" in records[2]
     assert (out / "curve.png").stat().st_size > 1000
     assert any((out / "checkpoints").iterdir())
