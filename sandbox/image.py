@@ -215,3 +215,16 @@ def _debootstrap_tarball(tarball: Path, log: Log) -> None:
         with tarfile.open(partial, "w") as tar:
             tar.add(root, arcname=".")
         partial.replace(tarball)  # a killed build never leaves a half tarball under the real name
+
+
+def image_digest(tag: str, docker_url: str | None = None) -> str | None:
+    """The id (content digest) of image ``tag`` on the daemon; ``None`` if the daemon is
+    unreachable or does not have it."""
+    try:
+        client = docker.DockerClient(base_url=docker_url) if docker_url else docker.from_env()
+        try:
+            return str(client.images.get(tag).id)
+        finally:
+            client.close()
+    except docker.errors.DockerException:
+        return None

@@ -7,7 +7,8 @@ r"""Math answer grading: the last ``\boxed{}`` of a response (or an answer) agai
 * :mod:`~envs.grading.pool` / :mod:`~envs.grading.worker` — math-verify in worker processes,
   with CPU budgets and retries;
 * :mod:`~envs.grading.grader` — :class:`Grader`, its statuses, and the default grader;
-* :mod:`~envs.grading.voting` — equivalence classes, majority voting, pass@k.
+* :mod:`~envs.grading.voting` — equivalence classes, majority voting, pass@k;
+* :mod:`~envs.grading.version` — the grader's version (a hash of its source).
 """
 
 from envs.grading.compare import AnswerOrder
@@ -26,6 +27,7 @@ from envs.grading.grader import (
 )
 from envs.grading.normalize import normalize_answer
 from envs.grading.pool import WALL_FACTOR
+from envs.grading.version import grader_version
 from envs.grading.voting import equivalence_classes, majority_vote, pass_at_k
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "extract_boxed",
     "grade",
     "grade_many",
+    "grader_version",
     "majority_vote",
     "normalize_answer",
     "pass_at_k",

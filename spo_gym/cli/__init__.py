@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from spo_gym.cli import envs as _envs
+from spo_gym.cli import eval as _eval
 from spo_gym.cli import grade as _grade
 from spo_gym.cli import models as _models
 from spo_gym.cli import nano as _nano
@@ -23,6 +24,7 @@ app.add_typer(_models.app, name="models")
 app.add_typer(_envs.app, name="envs")
 app.command("grade")(_grade.grade)
 app.command("run")(_run.run)
+app.command("eval")(_eval.eval_command)
 app.command("train")(_train.train)
 app.command("nano")(_nano.nano)
 
