@@ -36,11 +36,17 @@ class ScriptedArithmeticPolicy:
     Args:
         tokenizer: the tokenizer whose chat template the env renders with.
         delay_s: seconds each ``generate`` call takes (to stand in for a model's latency).
+        skill: scales every problem's success rate (1: as described; 0: never right).
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, delay_s: float = 0.0) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, delay_s: float = 0.0, skill: float = 1.0
+    ) -> None:
+        if not 0 <= skill <= 1 or delay_s < 0:
+            raise ValueError("need 0 <= skill <= 1 and delay_s >= 0")
         self.tokenizer = tokenizer
         self.delay_s = delay_s
+        self.skill = skill
         self.calls = 0
         self._end = tokenizer.eos_token_id
 
@@ -66,7 +72,7 @@ class ScriptedArithmeticPolicy:
                 reply = f"<code>\n```python\nprint({expression})  {MARK}\n```\n</code>"
                 end = False
             else:
-                reply, end = _answer(expression, sampling.seed), True
+                reply, end = _answer(expression, sampling.seed, self.skill), True
         ids = self.tokenizer.encode(reply, add_special_tokens=False)
         if end and self._end is not None:
             ids.append(self._end)
@@ -82,14 +88,14 @@ class ScriptedArithmeticPolicy:
         raise NotImplementedError("a scripted policy has no weights")
 
 
-def _answer(expression: str, seed: int | None) -> str:
+def _answer(expression: str, seed: int | None, skill: float) -> str:
     gold = _exact(expression)
     rng = random.Random(seed)
     difficulty = int(hashlib.blake2b(expression.encode(), digest_size=2).hexdigest(), 16) / 65535
     draw = rng.random()
     if draw < 0.08:
         return "I am not sure."
-    if draw < 0.08 + 0.92 * (1 - difficulty):
+    if draw < 0.08 + 0.92 * (1 - difficulty) * skill:
         forms = [f"{gold.numerator}/{gold.denominator}", rf"\frac{{{gold.numerator}}}{{{gold.denominator}}}",
                  rf"\dfrac{{{gold.numerator}}}{{{gold.denominator}}}"]  # fmt: skip
         if gold.denominator == 1:

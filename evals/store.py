@@ -157,6 +157,7 @@ class RunStore:
 
     def appender(self, name: str = SAMPLES) -> LineLog:
         """An appending writer to one of the run's logs (a torn tail is cut off first)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
         return LineLog(self.folder / name)
 
     def path(self, name: str) -> Path:
