@@ -43,7 +43,12 @@ from spo_core.learner.heldout_cache import (
 )
 from spo_core.learner.loop import Learner
 from spo_core.learner.metrics_log import MetricsLog
-from spo_core.learner.offline_values import OfflineValues, offline_values, weights_fingerprint
+from spo_core.learner.offline_values import (
+    OfflineValues,
+    offline_values,
+    read_offline_values,
+    weights_fingerprint,
+)
 from spo_core.learner.report import StepReport
 from spo_core.learner.task_samples import SamplingProgress
 from spo_core.learner.tier_choice import TierPassRates, choose_tiers, tier_pass_rates
@@ -103,6 +108,9 @@ class JobConfig:
         resume: continue from the latest checkpoint in ``out`` (or this path).
         cache: where offline values and the initial model's held-out reports are cached;
             default the project cache (``offline/`` and ``heldout/``).
+        offline_values: read the offline values from this file instead of sampling them
+            (``spo-gym eval`` of the training prompts at the training sampling parameters
+            writes it as ``offline_values.jsonl``); it must cover every training prompt.
     """
 
     method: Literal["spo", "grpo"] = "spo"
@@ -126,6 +134,7 @@ class JobConfig:
     out: Path = Path("runs/retool")
     resume: Path | None = None
     cache: Path | None = None
+    offline_values: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +279,8 @@ def validate(config: JobConfig) -> None:
         )
     if config.heldout_n < 1 or config.heldout_k < 1 or config.offline_k < 1:
         raise JobError("heldout_n, heldout_k and offline_k must be >= 1")
+    if config.offline_values is not None and not config.offline_values.is_file():
+        raise JobError(f"offline values file {config.offline_values} does not exist")
     if config.steps is not None and config.steps < 0:
         raise JobError(f"steps must be >= 0 (0: evaluation only), got {config.steps}")
     if config.steps == 0 and config.resume is not None:
@@ -328,6 +339,16 @@ async def run_job(config: JobConfig, observer: JobObserver) -> JobResult:
         offline: OfflineValues | None = None
         if evaluate_only and config.tiers:
             observer.stage("offline values", "skipped: evaluation only, the tiers are given")
+        elif config.offline_values is not None:
+            try:
+                offline = read_offline_values(
+                    config.offline_values, candidate_tasks, config.offline_k
+                )
+            except (OSError, ValueError) as exc:
+                raise JobError(f"offline values: {exc}") from None
+            observer.stage(
+                "offline values", f"{offline.samples} samples read from {config.offline_values}"
+            )
         else:
             observer.stage(
                 "offline values",
@@ -487,7 +508,9 @@ async def run_job(config: JobConfig, observer: JobObserver) -> JobResult:
         train_prompts=len(train),
         episodes=episodes,
         steps=steps,
-        offline_episodes=len(candidate_tasks) * config.offline_k if offline is not None else 0,
+        offline_episodes=len(candidate_tasks) * config.offline_k
+        if offline is not None and config.offline_values is None
+        else 0,
         offline_wall_s=offline.wall_s if offline is not None else 0.0,
         train_wall_s=train_wall,
         wall_s=time.monotonic() - t_start,

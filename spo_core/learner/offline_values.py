@@ -34,7 +34,13 @@ from sandbox import SandboxPool
 from spo_core.learner.task_samples import ProgressCallback, sample_each_task
 from spo_core.offline import read_offline_table, write_offline_jsonl
 
-__all__ = ["OfflineValues", "offline_cache_key", "offline_values", "weights_fingerprint"]
+__all__ = [
+    "OfflineValues",
+    "offline_cache_key",
+    "offline_values",
+    "read_offline_values",
+    "weights_fingerprint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -163,3 +169,37 @@ async def offline_values(
     tmp.write_text(json.dumps(meta) + "\n", encoding="utf-8")
     os.replace(tmp, meta_path)  # written last: its presence marks a complete file
     return OfflineValues(path, scores, k, masked, False, wall_s, key)
+
+
+def read_offline_values(
+    path: str | os.PathLike[str], tasks: Sequence[Task], k: int
+) -> OfflineValues:
+    """Offline values sampled elsewhere — ``spo-gym eval … -k K`` writes them as its run's
+    ``offline_values.jsonl`` — for the prompts of ``tasks``.
+
+    Entries for other prompts are ignored; samples past the first ``k`` of a prompt are left
+    out, so the file weighs like ``k`` samples at most.
+
+    Raises:
+        ValueError: the file cannot be read, or a prompt of ``tasks`` has no sample in it
+            (the message names how many are missing).
+        OSError: the file cannot be opened.
+    """
+    table = read_offline_table(path)
+    missing = [t.key for t in tasks if not table.get(t.key)]
+    if missing:
+        raise ValueError(
+            f"{path} has no sample for {len(missing)} of {len(tasks)} training prompts "
+            f"(e.g. {missing[0]}): evaluate the training prompts themselves, at the training "
+            "sampling parameters"
+        )
+    scores = {t.key: table[t.key][:k] for t in tasks}
+    return OfflineValues(
+        path=Path(path),
+        scores=scores,
+        k=k,
+        masked=0,  # lost samples are not in the file: the evaluation counted them apart
+        cached=True,
+        wall_s=0.0,
+        cache_key=f"file:{Path(path).name}",
+    )

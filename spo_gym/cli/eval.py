@@ -66,8 +66,12 @@ def eval_command(
     top_p: float = typer.Option(0.95),
     top_k: int = typer.Option(20, min=0, help="0 disables top-k."),
     max_tokens: int = typer.Option(1024, min=1, help="Tokens per model turn."),
-    max_turns: int = typer.Option(8, min=1, help="Model turns per episode."),
-    max_episode_tokens: int = typer.Option(8192, min=1, help="Token budget of one episode."),
+    max_turns: int | None = typer.Option(
+        None, min=1, help="Model turns per episode (default: the env's)."
+    ),
+    max_episode_tokens: int | None = typer.Option(
+        None, min=1, help="Token budget of one episode (default: the env's)."
+    ),
     seed: int = typer.Option(0, help="Run seed: each sample's seeds derive from it."),
     offset: int = typer.Option(0, min=0, help="First task of the slice."),
     limit: int | None = typer.Option(None, min=1, help="Tasks in the slice."),
@@ -103,12 +107,13 @@ def eval_command(
         raise _fail(f"--env-options is not JSON: {exc}") from None
     if not isinstance(options, dict):
         raise _fail("--env-options must be a JSON object")
-    options.setdefault("generation", {})
-    options["generation"] = {
-        "max_turns": max_turns,
-        "max_episode_tokens": max_episode_tokens,
-        **options["generation"],
+    generation = {
+        name: value
+        for name, value in (("max_turns", max_turns), ("max_episode_tokens", max_episode_tokens))
+        if value is not None
     }
+    if generation:
+        options["generation"] = {**options.get("generation", {}), **generation}
     from agents.policy import SamplingParams
     from agents.policy_spec import PolicySpec, PolicySpecError
     from evals import EvalConfig

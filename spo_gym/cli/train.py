@@ -65,6 +65,7 @@ class Plan:
     heldout_seed: int
     heldout_k: int
     offline_k: int
+    offline_values: str | None
     episode_budget: int | None
     steps: int | None
     eval_every: int
@@ -154,6 +155,11 @@ def train(
     offline_k: int = typer.Option(
         8, min=1, help="Offline samples per prompt (tracker start; pass@k of the tier choice)."
     ),
+    offline_values: Path | None = typer.Option(
+        None,
+        help="Read the offline values from this file (an eval run's offline_values.jsonl of "
+        "the training prompts) instead of sampling them.",
+    ),
     episodes: int = typer.Option(1024, min=1, help="Training episode budget."),
     steps: int | None = typer.Option(
         None,
@@ -217,6 +223,7 @@ def train(
         heldout_seed=heldout_seed,
         heldout_k=heldout_k,
         offline_k=offline_k,
+        offline_values=str(offline_values) if offline_values is not None else None,
         episode_budget=None if steps is not None else episodes,
         steps=steps,
         eval_every=eval_every,
@@ -261,6 +268,7 @@ def _job_config(plan: Plan) -> Any:
         heldout_seed=plan.heldout_seed,
         heldout_k=plan.heldout_k,
         offline_k=plan.offline_k,
+        offline_values=Path(plan.offline_values) if plan.offline_values else None,
         episode_budget=plan.episode_budget or 1,
         steps=plan.steps,
         eval_every=plan.eval_every,

@@ -197,3 +197,42 @@ def test_continued_sft_then_an_evaluation_only_run(ci_nano: Path, tmp_path: Path
     assert "heldout/greedy_accuracy" in records[0]
     assert not (out / "checkpoints").exists() and not (out / "curve.png").exists()
     assert json.loads((out / "result.json").read_text()) == result
+
+
+def _eval(ci_nano: Path, out: Path, dataset: str) -> Path:
+    """``spo-gym eval`` of the CI nano at the training sampling parameters; its offline values."""
+    proc = subprocess.run(
+        [
+            CLI, "eval", "--model", str(ci_nano), "--env", "spo_gym/ReToolNano-v0",
+            "--dataset", dataset, "-k", "2", "--temperature", "1.0", "--top-p", "1",
+            "--top-k", "0", "--max-tokens", "200", "--out", str(out), "--no-progress",
+        ],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = json.loads(proc.stdout.strip().splitlines()[-1])["runs"]
+    return Path(run["folder"]) / "offline_values.jsonl"
+
+
+@pytest.mark.docker
+def test_offline_values_from_an_eval_run_start_the_tracker(ci_nano: Path, tmp_path: Path) -> None:
+    values = _eval(ci_nano, tmp_path / "eval", "tiers:d1o1:24")
+    common = (
+        "--model", "nano-ci", "--tiers", "d1o1", "--train-per-tier", "24",
+        "--heldout-n", "8", "--heldout-k", "1", "--offline-k", "2",
+        "--steps", "1", "--eval-every", "0",
+        "--set", "batch_size=8", "--set", "extra=2", "--set", "mini_batch_size=8",
+        "--concurrency", "8", "--quiet",
+    )  # fmt: skip
+    proc = _train(*common, "--offline-values", str(values), "--out", str(tmp_path / "run"),
+                  timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"samples read from {values}" in proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["offline_episodes"] == 0 and result["steps"] == 1
+    # a file of other prompts is a one-line error naming what is missing
+    other = _eval(ci_nano, tmp_path / "other", "tiers:d2o1:4")
+    proc = _train(*common, "--offline-values", str(other), "--out", str(tmp_path / "bad"),
+                  timeout=600)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "has no sample for" in proc.stderr and "Traceback" not in proc.stderr
