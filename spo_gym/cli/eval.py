@@ -117,6 +117,7 @@ def eval_command(
     from agents.policy import SamplingParams
     from agents.policy_spec import PolicySpec, PolicySpecError
     from evals import EvalConfig
+    from sandbox import SandboxConfig
 
     try:
         specs = [
@@ -147,6 +148,7 @@ def eval_command(
             max_attempts=max_attempts,
             ray_address=ray_address,
             ray_workers=ray_workers,
+            sandbox=SandboxConfig(warm=min(concurrency, 8), reuse=True),
         )
         for spec in specs
     ]
