@@ -148,7 +148,7 @@ class EvalOutcome:
         store: the run's folder.
         summary: its summary.
         played: samples played in this session (0: the run was already complete).
-        wall_s: seconds this session spent playing.
+        wall_s: seconds this session spent building its worker(s) and playing.
     """
 
     store: RunStore
