@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,17 @@ def ci_nano() -> Path:
     from spo_core.learner.sft import CI_RECIPE, warm_start
 
     return warm_start(CI_CONFIG, CI_RECIPE, seed=0)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """A local Ray cluster this process is connected to (2 CPUs, no dashboard, workers' logs
+    kept off the terminal), shut down at the end of the session; yields its GCS address. Its
+    workers inherit this process's environment, ``PYTHONPATH`` included."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        yield str(ray.get_runtime_context().gcs_address)
+    finally:
+        ray.shutdown()

@@ -166,6 +166,7 @@ def _run_one(config: Any, show_progress: bool) -> Any:
     from agents.policy_spec import PolicySpecError
     from evals import run_eval
     from evals.datasets import DatasetError
+    from evals.ray_runner import RayUnavailable
     from evals.report import summary_table
     from evals.store import RunCorrupt, RunLocked
     from sandbox import SandboxUnavailable
@@ -200,7 +201,7 @@ def _run_one(config: Any, show_progress: bool) -> Any:
             outcome = asyncio.run(run_eval(config, on_progress=on_progress))
     except (DatasetError, PolicySpecError, ModelNotFoundError, RunCorrupt, ValueError) as exc:
         raise _fail(str(exc)) from None
-    except (RunLocked, OpenAIPolicyError, SandboxUnavailable) as exc:
+    except (RunLocked, OpenAIPolicyError, SandboxUnavailable, RayUnavailable) as exc:
         raise _fail(str(exc), 1) from None
     console.print(summary_table(outcome.summary))
     if outcome.played == 0:
