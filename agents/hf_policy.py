@@ -1,12 +1,17 @@
-"""Local transformers policy: batched generation with a KV cache, the CPU default backend.
+"""Local transformers policy: continuous batching with a KV cache, the CPU default backend.
 
 Many episodes call :meth:`HFPolicy.generate` concurrently on one event loop. Their requests are
-queued and a background task runs them as one batch in a worker thread (the event loop stays
-free for sandbox calls meanwhile); requests that arrive while a batch runs join the next one.
+queued for an engine that runs in a worker thread (the event loop stays free for sandbox calls
+meanwhile). Between decode steps the engine admits every queued request that fits the batch
+limits: it prefills them together and merges them into the running batch, whose rows are
+left-padded in one KV cache and decoded step by step. Each row keeps its own stop strings,
+``max_tokens``, temperature/top-p/top-k and random generator, and leaves the batch as soon as it
+finishes. Results carry the sampled ids exactly and each sampled token's log-prob.
 
-A batch is left-padded and decoded step by step with a KV cache. Each row keeps its own stop
-strings, ``max_tokens``, temperature/top-p/top-k and random generator, and leaves the batch as
-soon as it finishes. Results carry the sampled ids exactly and each sampled token's log-prob.
+A finished request's keys and values are kept (:class:`~agents.prefix_cache.PrefixKVCache`,
+bounded, least recently used first) under the tokens they hold, its prompt and all its sampled
+tokens but the last. The episode's next turn repeats those tokens and appends the last one and
+the observation, so it prefills only that suffix instead of the whole conversation.
 
 Log-probs are ``log_softmax(logits / temperature)`` over the full vocabulary, taken *before*
 top-k/top-p filtering — the distribution a learner recomputes when it scores the trajectory
@@ -23,10 +28,13 @@ Weight updates (:meth:`HFPolicy.update_weights`) happen between decode steps: a 
 before every forward pass holds the worker while the policy is paused, the state dict is loaded
 in place and the version bumped while no step runs, and a batch that resumes under new weights
 rebuilds its KV cache from its rows' tokens (prompt and sampled so far) before the next step, so
-every token's logits come from one version of the weights — the version recorded for it.
+every token's logits come from one version of the weights — the version recorded for it. Prefix
+cache entries carry the version that computed them, match only that version, and are dropped
+by the update.
 
-Batched and one-at-a-time generation compute the same function, but padding changes the fp32
-summation order, so logits differ by ~1e-6: greedy decoding can pick a different token only where
+Batched and one-at-a-time generation — and a cached prefix against a full prefill — compute the
+same function, but padding and chunking change the fp32 summation order, so logits differ by
+~1e-6 (log-probs by up to ~1.5e-5): greedy decoding can pick a different token only where
 the top two logits are that close (a near-tie), and sampled tokens only where the uniform draw
 lands that close to a bucket edge.
 """
@@ -34,6 +42,7 @@ lands that close to a bucket edge.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import os
@@ -45,8 +54,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from agents.kv_batch import KVBatch, check_full_attention, make_cache
 from agents.models import resolve_model
 from agents.policy import SamplingParams, StopReason, TokenOutput
+from agents.prefix_cache import PrefixHit, PrefixKVCache
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -151,6 +162,8 @@ class _Row:
     # Called in the worker thread the moment the row finishes, so a short request is not held
     # back until the longest row of its batch is done.
     on_finish: Callable[[TokenOutput], None] | None = None
+    # Called in the worker thread if the engine fails while the row is in it.
+    on_error: Callable[[BaseException], None] | None = None
     token_ids: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
@@ -161,6 +174,11 @@ class _Row:
     @property
     def done(self) -> bool:
         return self.stop_reason is not None or self.is_cancelled()
+
+    @property
+    def fed(self) -> list[int]:
+        """The tokens whose keys and values the row's cache holds: all but the newest."""
+        return self.prompt + self.token_ids[:-1]
 
     def output(self) -> TokenOutput:
         assert self.stop_reason is not None, "the row has not finished"
@@ -178,45 +196,61 @@ class PolicyStats:
     """Counters since the policy was made: how well requests were batched.
 
     Attributes:
-        batches: batches run.
+        batches: admissions — groups of requests prefilled together and merged into the
+            running batch (without continuous batching, one per batch run to completion).
         requests: requests completed (cancelled ones excluded).
         tokens: tokens generated for completed requests.
-        largest_batch: most rows in one batch.
+        largest_batch: most rows decoded together.
+        prefilled_tokens: prompt tokens run through the model at admission (prefix-cache hits
+            excluded).
+        reused_tokens: prompt tokens whose keys and values came from the prefix cache.
     """
 
     batches: int = 0
     requests: int = 0
     tokens: int = 0
     largest_batch: int = 0
+    prefilled_tokens: int = 0
+    reused_tokens: int = 0
 
 
 @dataclass
-class _Request:
-    prompt_ids: list[int]
-    sampling: SamplingParams
-    future: asyncio.Future[TokenOutput]
+class _Running:
+    """The rows being decoded, their caches and the weights version that computed those."""
+
+    rows: list[_Row]
+    kv: KVBatch | None
+    version: int
 
 
 def _delivery(
     loop: asyncio.AbstractEventLoop, future: asyncio.Future[TokenOutput]
-) -> Callable[[TokenOutput], None]:
-    """A callback for the worker thread that completes ``future`` on its event loop."""
+) -> tuple[Callable[[TokenOutput], None], Callable[[BaseException], None]]:
+    """Callbacks for the worker thread that complete ``future`` on its event loop."""
 
     def resolve(output: TokenOutput) -> None:
         if not future.done():
             future.set_result(output)
 
+    def reject(exc: BaseException) -> None:
+        if not future.done():
+            future.set_exception(exc)
+
     def deliver(output: TokenOutput) -> None:
         loop.call_soon_threadsafe(resolve, output)
 
-    return deliver
+    def fail(exc: BaseException) -> None:
+        loop.call_soon_threadsafe(reject, exc)
+
+    return deliver, fail
 
 
 class HFPolicy:
     """A :class:`~agents.policy.Policy` backed by a local transformers causal LM.
 
     Args:
-        model: a causal LM; it is put in eval mode and run on its current device.
+        model: a causal LM whose layers all use full attention; it is put in eval mode and
+            run on its current device.
         tokenizer: its tokenizer (used to detect stop strings and to find end-of-sequence ids).
         max_batch_size: most requests decoded together.
         max_batch_tokens: most padded tokens (longest prompt + largest ``max_tokens``, times the
@@ -229,6 +263,10 @@ class HFPolicy:
             tokenizer's end-of-sequence ids.
         max_context_tokens: most prompt plus generated tokens per request; default the
             model config's ``max_position_embeddings``.
+        prefix_cache_bytes: bound on the keys and values of finished requests kept for the
+            requests that extend them (an episode's next turn); ``0`` disables the cache.
+        continuous_batching: admit queued requests between decode steps; ``False`` runs each
+            batch to completion before the next starts.
     """
 
     def __init__(
@@ -243,15 +281,20 @@ class HFPolicy:
         seed: int | None = None,
         eos_token_ids: Sequence[int] | None = None,
         max_context_tokens: int | None = None,
+        prefix_cache_bytes: int = 1 << 30,
+        continuous_batching: bool = True,
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1 or prefill_chunk_tokens < 1:
             raise ValueError("batch limits must be positive")
+        check_full_attention(model.config)
         torch.set_num_threads(num_threads or default_num_threads())
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.continuous_batching = continuous_batching
+        self.prefix_cache = PrefixKVCache(prefix_cache_bytes)
         self.eos_token_ids = frozenset(
             eos_token_ids if eos_token_ids is not None else _eos_ids(model, tokenizer)
         )
@@ -268,11 +311,13 @@ class HFPolicy:
         self._generators: dict[torch.device, torch.Generator] = {}
         self._version = 0
         self._gate = _DecodeGate()
-        # One worker thread: batches run one after another, never interleaved.
+        # One worker thread: the engine runs there, one forward pass at a time.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hf-policy")
         self.stats = PolicyStats()
+        # Requests waiting for admission; appended on the event loop, taken by the worker.
+        self._inbox: collections.deque[_Row] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[_Request] | None = None
+        self._wakeup: asyncio.Event | None = None
         self._server: asyncio.Task[None] | None = None
 
     @classmethod
@@ -315,8 +360,9 @@ class HFPolicy:
     async def update_weights(self, state: Mapping[str, Any], version: int) -> None:
         """Load ``state`` into the model in place and make ``version`` current.
 
-        Decoding is paused for the load; a batch in flight rebuilds its KV cache under the new
-        weights before its next step. Resumes afterwards unless the caller had paused.
+        Decoding is paused for the load; the running batch rebuilds its KV cache under the new
+        weights before its next step, and the prefix cache is emptied. Resumes afterwards
+        unless the caller had paused.
 
         Raises:
             ValueError: ``version`` is not greater than the current version.
@@ -337,68 +383,88 @@ class HFPolicy:
         with torch.no_grad():
             self.model.load_state_dict(dict(state), strict=True)
         self._version = version
+        # Entries are version-tagged and never match another version; this frees their memory.
+        self.prefix_cache.clear()
 
     # -- asyncio front ---------------------------------------------------------------------
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> TokenOutput:
-        """Queue one request; it runs in the next batch. Cancelling the call drops its row."""
+        """Queue one request; it joins the running batch at the next decode step. Cancelling
+        the call drops its row."""
         self._check_request(prompt_ids, sampling)
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._queue is None:
+        if self._loop is not loop or self._wakeup is None:
             # A new event loop (e.g. a second asyncio.run): the old serving task died with its loop.
             self._loop = loop
-            self._queue = asyncio.Queue()
-            self._server = loop.create_task(self._serve(self._queue), name="hf-policy-batcher")
+            self._wakeup = asyncio.Event()
+            self._server = loop.create_task(self._serve(self._wakeup), name="hf-policy-batcher")
         future: asyncio.Future[TokenOutput] = loop.create_future()
-        self._queue.put_nowait(_Request(list(prompt_ids), sampling, future))
+        on_finish, on_error = _delivery(loop, future)
+        self._inbox.append(
+            self._row(
+                prompt_ids,
+                sampling,
+                is_cancelled=future.cancelled,
+                on_finish=on_finish,
+                on_error=on_error,
+            )
+        )
+        self._wakeup.set()
         return await future
 
-    async def _serve(self, queue: asyncio.Queue[_Request]) -> None:
+    async def _serve(self, wakeup: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        pending: list[_Request] = []
         while True:
-            if not pending:
-                pending.append(await queue.get())
+            await wakeup.wait()
             # One loop iteration lets every episode that is ready right now enqueue too.
             await asyncio.sleep(0)
-            while not queue.empty():
-                pending.append(queue.get_nowait())
-            pending = [r for r in pending if not r.future.done()]
-            batch = self._take_batch(pending)
-            if not batch:
-                continue
-            pending = pending[len(batch) :]
-            rows = [
-                self._row(
-                    r.prompt_ids,
-                    r.sampling,
-                    is_cancelled=r.future.cancelled,
-                    on_finish=_delivery(loop, r.future),
-                )
-                for r in batch
-            ]
-            try:
-                await loop.run_in_executor(self._executor, self._execute, rows)
-            except Exception as exc:  # handed to every caller in the batch
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
+            # Cleared before the engine starts: a request queued after the engine's last look at
+            # the inbox sets it again, so none is left waiting.
+            wakeup.clear()
+            await loop.run_in_executor(self._executor, self._serve_inbox)
 
-    def _take_batch(self, pending: list[_Request]) -> list[_Request]:
-        """The longest FIFO prefix of ``pending`` that fits the batch limits (at least one)."""
-        batch: list[_Request] = []
-        longest_prompt = longest_output = 0
-        for request in pending:
-            prompt = max(longest_prompt, len(request.prompt_ids))
-            output = max(longest_output, request.sampling.max_tokens)
-            if batch and (
-                len(batch) == self.max_batch_size
-                or (prompt + output) * (len(batch) + 1) > self.max_batch_tokens
-            ):
+    def _serve_inbox(self) -> None:
+        """Run the engine on queued requests until none is running or queued (worker thread).
+
+        A failure is handed to every request in the engine at the time.
+        """
+        admitted: list[_Row] = []
+
+        def take(running: list[_Row]) -> list[_Row]:
+            admitted[:] = [row for row in admitted if row.stop_reason is None]
+            rows = self._take_from_inbox(running)
+            admitted.extend(rows)
+            return rows
+
+        try:
+            self._engine(take)
+        except Exception as exc:
+            for row in admitted:
+                if row.stop_reason is None and row.on_error is not None:
+                    row.on_error(exc)
+
+    def _take_from_inbox(self, running: list[_Row]) -> list[_Row]:
+        """The queued requests (FIFO) that fit beside ``running`` in the batch limits.
+
+        Without continuous batching nothing joins a batch that is still running.
+        """
+        live = [row for row in running if not row.done]
+        if live and not self.continuous_batching:
+            return []
+        taken: list[_Row] = []
+        widest = max((len(r.prompt) + r.sampling.max_tokens for r in live), default=0)
+        while self._inbox:
+            row = self._inbox[0]
+            if row.done:
+                self._inbox.popleft()
+                continue
+            rows = len(live) + len(taken) + 1
+            wide = max(widest, len(row.prompt) + row.sampling.max_tokens)
+            if rows > 1 and (rows > self.max_batch_size or wide * rows > self.max_batch_tokens):
                 break
-            batch.append(request)
-            longest_prompt, longest_output = prompt, output
-        return batch
+            taken.append(self._inbox.popleft())
+            widest = wide
+        return taken
 
     async def aclose(self) -> None:
         """Stop the batching task and the worker thread (a paused policy is resumed so that
@@ -421,12 +487,12 @@ class HFPolicy:
                 f"the model's {limit} positions"
             )
 
-    # -- the batch engine (worker thread) -----------------------------------------------------
+    # -- the engine (worker thread) -----------------------------------------------------------
 
     def generate_batch(
         self, prompts: Sequence[Sequence[int]], samplings: Sequence[SamplingParams]
     ) -> list[TokenOutput]:
-        """Generate for several prompts as one batch, blocking (the asyncio front's engine).
+        """Generate for several prompts as one batch, blocking.
 
         Args:
             prompts: token-id contexts, one per row.
@@ -440,7 +506,8 @@ class HFPolicy:
         for prompt, sampling in zip(prompts, samplings, strict=True):
             self._check_request(prompt, sampling)
         rows = [self._row(p, s) for p, s in zip(prompts, samplings, strict=True)]
-        self._execute(rows)
+        queued = [rows]
+        self._engine(lambda running: queued.pop() if queued else [])
         return [row.output() for row in rows]
 
     def _row(
@@ -450,6 +517,7 @@ class HFPolicy:
         *,
         is_cancelled: Callable[[], bool] = _never,
         on_finish: Callable[[TokenOutput], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> _Row:
         return _Row(
             prompt=list(prompt),
@@ -457,13 +525,113 @@ class HFPolicy:
             stop_window=self._stop_window(sampling),
             is_cancelled=is_cancelled,
             on_finish=on_finish,
+            on_error=on_error,
         )
 
-    def _execute(self, rows: list[_Row]) -> None:
-        self.stats.batches += 1
-        self.stats.largest_batch = max(self.stats.largest_batch, len(rows))
+    def _engine(self, take: Callable[[list[_Row]], list[_Row]]) -> None:
+        """Decode until no row runs and ``take`` (asked before every step with the running rows)
+        admits none."""
+        running = _Running([], None, self._version)
         with torch.inference_mode():
-            self._run(rows)
+            while True:
+                new = take(running.rows)
+                if new:
+                    self._admit(running, new)
+                if running.rows:
+                    self._decode(running)
+                elif not new:
+                    return
+
+    def _admit(self, running: _Running, rows: list[_Row]) -> None:
+        """Prefill ``rows`` (from the prefix cache where it holds a prefix), sample their first
+        tokens and merge those still going into the running batch."""
+        self.stats.batches += 1
+        with self._gate.step():
+            self._sync(running)
+            version = running.version
+            hits = [
+                self.prefix_cache.take(row.prompt, version) if self.prefix_cache.enabled else None
+                for row in rows
+            ]
+            logits, kv = self._prefill([row.prompt for row in rows], hits)
+        self._step_rows(rows, logits, kv, version)
+        live = [j for j, row in enumerate(rows) if not row.done]
+        if not live:
+            return
+        if len(live) < len(rows):
+            kv.select(live)
+        self._drop_finished(running, always=True)
+        running.rows.extend(rows[j] for j in live)
+        if running.kv is None:
+            running.kv = kv
+        else:
+            running.kv.extend(kv)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(running.rows))
+
+    def _decode(self, running: _Running) -> None:
+        """One decode step of the running batch: feed every row's newest token, sample the next."""
+        with self._gate.step():
+            self._sync(running)
+            kv = running.kv
+            assert kv is not None
+            rows = running.rows
+            device = self._device
+            tokens = torch.tensor([[row.token_ids[-1]] for row in rows], device=device)
+            positions = torch.tensor(
+                [[len(row.prompt) + len(row.token_ids) - 1] for row in rows], device=device
+            )
+            kv.attention = torch.cat([kv.attention, kv.attention.new_ones((kv.rows, 1))], dim=-1)
+            out = self.model(
+                input_ids=tokens,
+                attention_mask=kv.attention,
+                position_ids=positions,
+                past_key_values=kv.cache,
+                use_cache=True,
+            )
+        self._step_rows(rows, out.logits[:, -1, :].float(), kv, running.version)
+        self._drop_finished(running, always=False)
+
+    def _step_rows(self, rows: list[_Row], logits: torch.Tensor, kv: KVBatch, version: int) -> None:
+        """Sample and record one token per unfinished row; keep the caches of rows it ends."""
+        tokens = self._sample(rows, logits, version).tolist()
+        for j, row in enumerate(rows):
+            if row.done:
+                continue
+            self._record(row, tokens[j])
+            if row.stop_reason is None:
+                continue
+            if self.prefix_cache.enabled:
+                fed = row.fed
+                assert kv.real_tokens(j) == len(fed), "the cache lost track of the row's tokens"
+                self.prefix_cache.put(fed, kv.row_layers(j), version)
+            # Delivered after its cache is stored, so that the next turn finds it.
+            if row.on_finish is not None:
+                row.on_finish(row.output())
+
+    def _drop_finished(self, running: _Running, *, always: bool) -> None:
+        """Remove finished rows from the batch: ``always``, or once they are a quarter of it
+        (the cache copy costs about as much as a few decode steps of the dead rows)."""
+        keep = [j for j, row in enumerate(running.rows) if not row.done]
+        gone = len(running.rows) - len(keep)
+        if not gone or (not always and gone * 4 < len(running.rows)):
+            return
+        running.rows = [running.rows[j] for j in keep]
+        if not keep:
+            running.kv = None
+        elif running.kv is not None:
+            running.kv.select(keep)
+
+    def _sync(self, running: _Running) -> None:
+        """Bring the running batch to the current weights (inside a gate step): under new
+        weights its cache is rebuilt from every row's tokens so far."""
+        if running.version == self._version:
+            return
+        running.version = self._version
+        running.rows = [row for row in running.rows if not row.done]
+        if not running.rows:
+            running.kv = None
+            return
+        _, running.kv = self._prefill([row.fed for row in running.rows], None)
 
     def _row_generator(self, row: _Row, device: torch.device) -> torch.Generator:
         """The row's generator, made on ``device`` (the logits') the first time it samples."""
@@ -481,99 +649,70 @@ class HFPolicy:
         # A stop string of n UTF-8 bytes spans at most n tokens, plus one it may start inside.
         return max((len(s.encode()) for s in sampling.stop), default=0) + 1
 
-    def _run(self, rows: list[_Row]) -> None:
-        """Run the rows to completion, filling their token ids, log-probs and stop reasons."""
-        device = self._device
-        active = list(range(len(rows)))  # rows[active[j]] is batch row j
-        with self._gate.step():
-            version = self._version
-            logits, cache, attention, next_positions = self._prefill_rows(rows)
-        while True:
-            next_tokens = self._sample([rows[i] for i in active], logits, version)
-            for j, i in enumerate(active):
-                if not rows[i].done:
-                    self._record(rows[i], int(next_tokens[j]))
-            finished = [j for j, i in enumerate(active) if rows[i].done]
-            if len(finished) == len(active):
-                return
-            if len(finished) * 4 >= len(active):
-                # Drop finished rows once they are a quarter of the batch: the cache copy costs
-                # about as much as a few decode steps of the dead rows.
-                gone = set(finished)
-                keep = [j for j in range(len(active)) if j not in gone]
-                index = torch.tensor(keep, device=device)
-                cache.reorder_cache(index)
-                active = [active[j] for j in keep]
-                next_tokens, attention = next_tokens[index], attention[index]
-                next_positions = next_positions[index]
-            with self._gate.step():
-                if self._version != version:
-                    # New weights: the cache holds the old ones' keys and values. Rebuild it
-                    # from every row's tokens so far, whose last logits seed the next step.
-                    active = [i for i in active if not rows[i].done]
-                    version = self._version
-                    logits, cache, attention, next_positions = self._prefill_rows(
-                        [rows[i] for i in active]
-                    )
-                    continue
-                attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
-                out = self.model(
-                    input_ids=next_tokens.view(-1, 1),
-                    attention_mask=attention,
-                    position_ids=next_positions,
-                    past_key_values=cache,
-                    use_cache=True,
-                )
-            logits = out.logits[:, -1, :].float()
-            next_positions = next_positions + 1
+    def _prefill(
+        self, contexts: Sequence[list[int]], hits: Sequence[PrefixHit | None] | None
+    ) -> tuple[torch.Tensor, KVBatch]:
+        """Prefill the contexts, each after its cached prefix if ``hits`` has one.
 
-    def _prefill_rows(
-        self, rows: Sequence[_Row]
-    ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
-        """Left-pad the rows' contexts (prompt and tokens so far) and prefill them.
-
-        Returns the last-position logits, the cache, the attention mask and the positions of
-        the next tokens.
+        Each row's cached prefix is right-aligned in the first columns and its suffix in the
+        last ones; padding in between is masked out. Returns the last position's logits and
+        the caches.
         """
-        contexts = [row.prompt + row.token_ids for row in rows]
-        width = max(len(c) for c in contexts)
-        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, context in enumerate(contexts):
-            input_ids[i, width - len(context) :] = torch.tensor(context)
-            attention[i, width - len(context) :] = 1
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        n = len(contexts)
+        reused = [hit.length if hit is not None else 0 for hit in hits or [None] * n]
+        cached = max(reused)
+        suffixes = [context[start:] for context, start in zip(contexts, reused, strict=True)]
+        width = max(len(s) for s in suffixes)
+        input_ids = torch.full((n, width), self._pad_id, dtype=torch.long)
+        attention = torch.zeros((n, cached + width), dtype=torch.long)
+        positions = torch.zeros((n, width), dtype=torch.long)
+        for i, (suffix, start) in enumerate(zip(suffixes, reused, strict=True)):
+            input_ids[i, width - len(suffix) :] = torch.tensor(suffix)
+            attention[i, cached - start : cached] = 1
+            attention[i, cached + width - len(suffix) :] = 1
+            positions[i, width - len(suffix) :] = torch.arange(start, start + len(suffix))
+        self.stats.prefilled_tokens += sum(len(s) for s in suffixes)
+        self.stats.reused_tokens += sum(reused)
         device = self._device
         input_ids, attention, positions = (
             input_ids.to(device),
             attention.to(device),
             positions.to(device),
         )
-        logits, cache = self._prefill(input_ids, attention, positions)
-        return logits, cache, attention, positions[:, -1:] + 1
-
-    def _prefill(
-        self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor
-    ) -> tuple[torch.Tensor, Any]:
-        """Feed the padded prompts through the model in chunks; last-position logits and cache."""
-        batch, width = input_ids.shape
-        chunk = max(1, self.prefill_chunk_tokens // batch)
-        cache = None
+        cache = make_cache(self.model.config, self._prefix_layers(hits, cached) if cached else None)
+        chunk = max(1, self.prefill_chunk_tokens // n)
         logits = None
         for start in range(0, width, chunk):
             end = min(width, start + chunk)
             out = self.model(
                 input_ids=input_ids[:, start:end],
-                attention_mask=attention[:, :end],
+                attention_mask=attention[:, : cached + end],
                 position_ids=positions[:, start:end],
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
-            cache = out.past_key_values
             logits = out.logits[:, -1, :].float()
         assert logits is not None
-        return logits, cache
+        return logits, KVBatch(cache, attention)
+
+    def _prefix_layers(
+        self, hits: Sequence[PrefixHit | None] | None, width: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The hits' keys and values right-aligned in ``width`` columns, zeros elsewhere."""
+        assert hits is not None
+        some = next(hit for hit in hits if hit is not None)
+        layers = []
+        for layer, (keys, values) in enumerate(some.layers):
+            shape = (len(hits), keys.shape[1], width, keys.shape[3])
+            batch_keys, batch_values = keys.new_zeros(shape), values.new_zeros(shape)
+            for i, hit in enumerate(hits):
+                if hit is not None:
+                    hit_keys, hit_values = hit.layers[layer]
+                    batch_keys[i, :, width - hit.length :] = hit_keys[0]
+                    batch_values[i, :, width - hit.length :] = hit_values[0]
+            layers.append((batch_keys, batch_values))
+        return layers
 
     def _sample(self, rows: list[_Row], logits: torch.Tensor, version: int) -> torch.Tensor:
         """One token per row from its own distribution; records each token's log-prob and the
@@ -611,8 +750,6 @@ class HFPolicy:
             return
         self.stats.requests += 1
         self.stats.tokens += len(row.token_ids)
-        if row.on_finish is not None:
-            row.on_finish(row.output())
 
     def _hits_stop(self, row: _Row) -> bool:
         # Checked after every token, so any stop string in the window ends with the newest one.

