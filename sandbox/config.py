@@ -13,9 +13,9 @@ class SandboxConfig(BaseModel):
     Every container gets: no network, a read-only root, a sized ``/tmp`` tmpfs, a
     non-root user, all capabilities dropped, ``no-new-privileges``, pids / memory (=
     memory+swap) / cpu / nofile / fsize limits and the supervisor as its init (PID 1, not
-    dumpable). The start-up self-test proves each of them. With ``reuse`` a container serves
+    dumpable). The start-up self-test proves each of them. By default a container serves
     one episode after another, each after a scrub that proves it clean
-    (:mod:`sandbox.scrub`).
+    (:mod:`sandbox.scrub`); ``reuse=False`` gives every episode a fresh container.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -48,7 +48,7 @@ class SandboxConfig(BaseModel):
     start_timeout_s: float = Field(30.0, gt=0, description="container start until supervisor hello")
     host_slack_s: float = Field(10.0, gt=0, description="host backstop beyond timeout + grace")
     reuse: bool = Field(
-        False, description="serve a container to the next episode after a verified scrub"
+        True, description="serve a container to the next episode after a verified scrub"
     )
     verify_scrub: bool = Field(
         True,

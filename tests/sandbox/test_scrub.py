@@ -168,6 +168,11 @@ async def one_box() -> AsyncIterator[SandboxPool]:
         yield p
 
 
+def test_reuse_with_a_verified_scrub_is_the_default() -> None:
+    cfg = SandboxConfig()
+    assert cfg.reuse and cfg.verify_scrub
+
+
 @pytest.mark.parametrize(
     ("channel", "plant", "look", "clean"), CHANNELS, ids=[c[0] for c in CHANNELS]
 )
