@@ -8,10 +8,19 @@ cell at concurrency 1, 4 and 16, for:
   (c) ``docker run --rm`` per call (a fresh hardened container per call),
   (d) the floor: the same supervisor and kernel protocol bare on the host, no container.
 
-Then episodes/s for short episodes (3 trivial calls) at concurrency 8, single-use vs
-``reuse``. The last stdout line is one JSON object with every figure.
+Then episodes/s for short episodes (3 trivial calls) at concurrency 8 for the three ways a
+pool can hand out containers:
 
-    .venv/bin/python bench/sandbox_latency.py [--quick]
+  safe:        the default, a container reused after a scrub the host verifies,
+  unverified:  reused after a scrub nobody checks (``verify_scrub=False``, unsafe: the
+               upper bound the safe default is compared with; goal: safe >= 80% of it),
+  single-use:  a fresh container per episode (``reuse=False``, bound by dockerd).
+
+One pool per mode, warmed up together; the modes then take turns (the others idle): safe and
+unverified back to back in each of several rounds, their ratio the median of the rounds'
+ratios. The last stdout line is one JSON object with every figure.
+
+    .venv/bin/python bench/sandbox_latency.py [--quick] [--episodes-only]
 """
 
 from __future__ import annotations
@@ -163,24 +172,120 @@ async def bench_run(client: docker.DockerClient, code: str, conc: int, n: int) -
     return await measure(call, conc, n)
 
 
-async def episodes_per_s(reuse: bool, episodes: int) -> float:
-    cfg = SandboxConfig(warm=8, max_containers=16, reuse=reuse, self_test=False)
-    async with SandboxPool(cfg) as pool:
-        while pool.stats().ready < 8:
-            await asyncio.sleep(0.05)
-        sem = asyncio.Semaphore(8)
-
-        async def episode(i: int) -> None:
-            async with sem, pool.session(f"ep-{i}") as s:
-                for _ in range(3):
-                    assert (await s.run(TRIVIAL)).ok
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(episode(i) for i in range(episodes)))
-        return episodes / (time.perf_counter() - t0)
+# How each mode configures the pool.
+EPISODE_MODES: dict[str, dict[str, bool]] = {
+    "safe": {"reuse": True, "verify_scrub": True},
+    "unverified": {"reuse": True, "verify_scrub": False},
+    "single_use": {"reuse": False},
+}
 
 
-async def main(quick: bool) -> dict[str, Any]:
+def episode_pool(mode: str) -> SandboxPool:
+    """The pool of the issue's measurement: 8 warm containers, at most 16."""
+    return SandboxPool(
+        SandboxConfig(warm=8, max_containers=16, self_test=False, **EPISODE_MODES[mode])
+    )
+
+
+async def play(pool: SandboxPool, episodes: int) -> float:
+    """Episodes/s of ``episodes`` short episodes (3 trivial calls), 8 at a time."""
+    sem = asyncio.Semaphore(8)
+
+    async def episode(i: int) -> None:
+        async with sem, pool.session(f"ep-{i}") as s:
+            for _ in range(3):
+                assert (await s.run(TRIVIAL)).ok
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(episode(i) for i in range(episodes)))
+    return episodes / (time.perf_counter() - t0)
+
+
+async def settle(pool: SandboxPool, timeout_s: float = 120.0) -> None:
+    """Waits until the pool does nothing in the background: its warm containers ready, none
+    being created, scrubbed or removed (so the next measurement runs alone)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = pool.stats()
+        if st.ready >= 8 and st.live == st.ready + st.in_use and st.created - st.removed == st.live:
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"the pool did not settle within {timeout_s:.0f} s: {pool.stats()}")
+
+
+async def compare_episode_modes(
+    rounds: int, episodes: int, single_use_rounds: int
+) -> dict[str, Any]:
+    """Episodes/s per mode: one pool per mode, started and warmed up together, then measured
+    one at a time (the others idle). Safe and unverified go back to back in each round, in
+    alternating order, so each pair shares the machine's load of the moment; their ratio is
+    the median of the rounds' ratios. Single-use, at dockerd's pace, gets fewer episodes."""
+    pools = {mode: episode_pool(mode) for mode in EPISODE_MODES}
+    rates: dict[str, list[float]] = {mode: [] for mode in EPISODE_MODES}
+    try:
+        for pool in pools.values():
+            await pool.start()
+        for pool in pools.values():
+            await settle(pool)
+            await play(pool, 16)
+            await settle(pool)
+
+        async def measure_mode(mode: str, n: int) -> None:
+            rates[mode].append(await play(pools[mode], n))
+            await settle(pools[mode])
+
+        for r in range(rounds):
+            pair = ("safe", "unverified") if r % 2 == 0 else ("unverified", "safe")
+            for mode in pair:
+                await measure_mode(mode, episodes)
+            line = (
+                f"  round {r + 1}: safe {rates['safe'][-1]:6.2f}, unverified "
+                f"{rates['unverified'][-1]:6.2f} episodes/s "
+                f"(ratio {rates['safe'][-1] / rates['unverified'][-1]:.2f})"
+            )
+            if (
+                r % max(1, rounds // single_use_rounds) == 0
+                and len(rates["single_use"]) < single_use_rounds
+            ):
+                await measure_mode("single_use", max(8, episodes // 4))
+                line += f", single-use {rates['single_use'][-1]:5.2f}"
+            print(line, flush=True)
+        for mode, pool in pools.items():
+            assert pool.stats().scrub_rejections == {}, (mode, pool.stats().scrub_rejections)
+    finally:
+        for pool in pools.values():
+            await pool.close()
+    med = {mode: statistics.median(v) for mode, v in rates.items()}
+    paired = [a / b for a, b in zip(rates["safe"], rates["unverified"], strict=True)]
+    figures: dict[str, Any] = {}
+    for mode, values in rates.items():
+        figures[f"episodes_per_s_{mode}"] = round(med[mode], 2)
+        figures[f"episodes_per_s_{mode}_runs"] = [round(v, 2) for v in values]
+    figures["ratio_safe_over_unverified"] = round(statistics.median(paired), 3)
+    figures["ratio_safe_over_unverified_runs"] = [round(x, 3) for x in paired]
+    figures["ratio_safe_over_single_use"] = round(med["safe"] / med["single_use"], 2)
+    print(
+        f"episodes/s (3 trivial calls, concurrency 8): safe {med['safe']:.2f}, unverified "
+        f"{med['unverified']:.2f}, single-use {med['single_use']:.2f} (medians); safe is "
+        f"{figures['ratio_safe_over_unverified']:.0%} of unverified (median of {rounds} paired "
+        f"rounds; goal >= 80%) and {figures['ratio_safe_over_single_use']:.1f}x single-use",
+        flush=True,
+    )
+    return figures
+
+
+async def main(quick: bool, episodes_only: bool) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    if not episodes_only:
+        figures.update(await latency_table(quick))
+    if quick:
+        figures.update(await compare_episode_modes(9, 80, 3))
+    else:
+        figures.update(await compare_episode_modes(21, 200, 5))
+    return figures
+
+
+async def latency_table(quick: bool) -> dict[str, Any]:
     client = docker.from_env()
     figures: dict[str, Any] = {}
     n_fast = 100 if quick else 400
@@ -219,16 +324,6 @@ async def main(quick: bool) -> dict[str, Any]:
     figures["ratio_trivial_c16_ours_over_bare_throughput"] = round(
         t1["trivial_c16_ours_calls_per_s"] / t1["trivial_c16_bare_calls_per_s"], 2
     )
-    n_ep = 40 if quick else 120
-    single = await episodes_per_s(False, n_ep)
-    reuse = await episodes_per_s(True, n_ep)
-    figures["episodes_per_s_single_use"] = round(single, 2)
-    figures["episodes_per_s_reuse"] = round(reuse, 2)
-    figures["ratio_episodes_reuse_over_single_use"] = round(reuse / single, 2)
-    print(
-        f"episodes/s (3 trivial calls, concurrency 8): single-use {single:.2f}, reuse {reuse:.2f} "
-        f"({reuse / single:.1f}x)"
-    )
     print(
         f"trivial cell p50: ours {t1['trivial_c1_ours_p50_ms']:.3f} ms, bare {t1['trivial_c1_bare_p50_ms']:.3f} ms "
         f"(ours/bare {figures['ratio_trivial_c1_ours_over_bare_p50']}x), docker run is "
@@ -242,5 +337,8 @@ async def main(quick: bool) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples")
+    parser.add_argument(
+        "--episodes-only", action="store_true", help="only the episodes/s comparison of the modes"
+    )
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.quick))))
+    print(json.dumps(asyncio.run(main(args.quick, args.episodes_only))))

@@ -41,6 +41,7 @@ class Box:
     created_at: float = field(default_factory=time.monotonic)
     episodes: int = 0
     broken: bool = False
+    baseline: Any = None  # what the supervisor saw before any cell ran (from its hello)
 
 
 def container_kwargs(cfg: SandboxConfig, image: str) -> dict[str, Any]:
@@ -63,7 +64,9 @@ def container_kwargs(cfg: SandboxConfig, image: str) -> dict[str, Any]:
             Ulimit(name="nofile", soft=cfg.nofile, hard=cfg.nofile),
             Ulimit(name="fsize", soft=cfg.fsize_mb * mb, hard=cfg.fsize_mb * mb),
         ],
-        "init": True,
+        # The supervisor is the init: Docker's would run as the sandbox user, dumpable,
+        # for the container's whole life, where a cell could attach to it.
+        "init": False,
         "environment": {
             "SPO_OUTPUT_KEEP": str(cfg.output_keep_bytes),
             "SPO_OUTPUT_HARD_CAP": str(cfg.output_hard_cap_bytes),
@@ -171,7 +174,13 @@ class ContainerFactory:
             if hello.get("op") != "hello" or hello.get("token") != token:
                 writer.close()
                 raise ConnectionError("the sandbox supervisor presented a wrong token")
-            return Box(container_id, kwargs["name"], Channel(reader, writer), sock_dir)
+            return Box(
+                container_id,
+                kwargs["name"],
+                Channel(reader, writer),
+                sock_dir,
+                baseline=hello.get("baseline"),
+            )
         except BaseException:
             if container_id is not None:
                 await self._run_blocking(remove_container, self.client, container_id)

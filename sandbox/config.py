@@ -12,8 +12,10 @@ class SandboxConfig(BaseModel):
 
     Every container gets: no network, a read-only root, a sized ``/tmp`` tmpfs, a
     non-root user, all capabilities dropped, ``no-new-privileges``, pids / memory (=
-    memory+swap) / cpu / nofile / fsize limits and an init process. The start-up
-    self-test proves each of them.
+    memory+swap) / cpu / nofile / fsize limits and the supervisor as its init (PID 1, not
+    dumpable). The start-up self-test proves each of them. By default a container serves
+    one episode after another, each after a scrub that proves it clean
+    (:mod:`sandbox.scrub`); ``reuse=False`` gives every episode a fresh container.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -45,7 +47,14 @@ class SandboxConfig(BaseModel):
     acquire_timeout_s: float = Field(60.0, gt=0)
     start_timeout_s: float = Field(30.0, gt=0, description="container start until supervisor hello")
     host_slack_s: float = Field(10.0, gt=0, description="host backstop beyond timeout + grace")
-    reuse: bool = Field(False, description="recycle containers after a verified scrub")
+    reuse: bool = Field(
+        True, description="serve a container to the next episode after a verified scrub"
+    )
+    verify_scrub: bool = Field(
+        True,
+        description="prove each scrub clean before reuse; False is unsafe (a container a "
+        "scrub failed to clean is served again), an upper bound for benchmarks only",
+    )
     self_test: bool = True
     breaker_threshold: int = Field(
         5, ge=1, description="consecutive daemon errors that open the breaker"

@@ -1,11 +1,11 @@
 """The asyncio sandbox pool: warm containers, sessions, backpressure, breaker, reaping.
 
-One hardened container per episode (single-use by default), taken from a warm pool and
-removed afterwards. ``reuse=True`` recycles a container only after the supervisor proves
-it clean (no process but itself, nothing in ``/tmp``, ``/dev/shm`` or ``/dev/mqueue``, no
-System V IPC object, limits unchanged). Several pools can share one daemon: containers
-carry the owning pool's id and owner process in their labels, and :mod:`sandbox.reaper`
-removes only those no live pool will use again.
+One hardened container per episode at a time, taken from a warm pool. After the episode
+it is scrubbed and served again only if the scrub proves it clean (see
+:mod:`sandbox.scrub`); otherwise, and always with ``reuse=False``, it is removed and a
+fresh one takes its place. Several pools can share one daemon: containers carry the
+owning pool's id and owner process in their labels, and :mod:`sandbox.reaper` removes only
+those no live pool will use again.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from sandbox.channel import ChannelClosed
 from sandbox.config import SandboxConfig
 from sandbox.image import ensure_image, image_tag
 from sandbox.results import RunResult, RunStatus, SandboxError, SandboxUnavailable
-from sandbox.selftest import run_self_test, verify_scrub
+from sandbox.scrub import ScrubRejected, verify_scrub
+from sandbox.selftest import run_self_test
 from sandbox.session import SandboxSession
 
 T = TypeVar("T")
@@ -72,6 +73,7 @@ class PoolStats:
     acquired: int
     unavailable: int
     reused: int
+    scrub_rejections: dict[str, int]
     replaced: int
     reaped: int
     breaker_open: bool
@@ -92,6 +94,8 @@ class _Counters:
     acquired: int = 0
     unavailable: int = 0
     reused: int = 0
+    # Containers not reused after a scrub, by failed check (or how the scrub failed).
+    scrub_rejections: Counter[str] = field(default_factory=Counter)
     replaced: int = 0
     reaped: int = 0
     runs: Counter[str] = field(default_factory=Counter)
@@ -442,7 +446,8 @@ class SandboxPool:
             return box
 
     async def release(self, box: Box) -> None:
-        """Returns a container after its episode: scrubbed and reused, or removed."""
+        """Returns a container after its episode: reused after a verified scrub (``reuse``),
+        else removed."""
         self._in_use -= 1
         box.episodes += 1
         if self.config.reuse and not box.broken and not self._closed:
@@ -480,12 +485,24 @@ class SandboxPool:
 
     async def _recycle(self, box: Box) -> None:
         clean = False
+        verify = self.config.verify_scrub
         try:
-            reply = await box.channel.request({"op": "scrub"}, self.config.start_timeout_s)
-            verify_scrub(reply, self.config)
+            reply = await box.channel.request(
+                {"op": "scrub", "verify": verify}, self.config.start_timeout_s
+            )
+            if verify:
+                verify_scrub(reply, box.baseline, self.config)
+            elif reply.get("op") != "scrubbed":
+                raise ScrubRejected(("reply",), "the scrub failed")
             clean = True
-        except (ChannelClosed, TimeoutError, SandboxError) as exc:
-            self._c.runs["scrub_failed:" + type(exc).__name__] += 1
+        except ScrubRejected as exc:
+            self._c.scrub_rejections.update(exc.checks)
+        except ChannelClosed:
+            self._c.scrub_rejections["closed"] += 1
+        except TimeoutError:
+            self._c.scrub_rejections["timeout"] += 1
+        except SandboxError:  # a malformed reply
+            self._c.scrub_rejections["protocol"] += 1
         finally:
             # Whatever happened, the container is either served again or removed: it never
             # stays counted against max_containers without being usable.
@@ -628,6 +645,7 @@ class SandboxPool:
             acquired=c.acquired,
             unavailable=c.unavailable,
             reused=c.reused,
+            scrub_rejections=dict(c.scrub_rejections),
             replaced=c.replaced,
             reaped=c.reaped,
             breaker_open=self._breaker.opened_at is not None,

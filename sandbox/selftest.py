@@ -18,7 +18,7 @@ from typing import Any
 
 from sandbox.box import Box, ContainerFactory
 from sandbox.config import SandboxConfig
-from sandbox.results import RunResult, RunStatus, SandboxError, SandboxSelfTestFailed
+from sandbox.results import RunResult, RunStatus, SandboxSelfTestFailed
 
 _PASSED: set[str] = set()
 MB = 1 << 20
@@ -81,6 +81,19 @@ out["supervisor_getfd"] = "taken" if fd >= 0 else errno.errorcode.get(ctypes.get
 if fd >= 0:
     os.close(fd)
 os.close(pidfd)
+# PID 1 lives as long as the container: code that could attach to it could keep code or
+# data there for a later episode.
+if libc.ptrace(16, 1, 0, 0) == 0:  # PTRACE_ATTACH
+    os.waitpid(1, 0x40000000)  # __WALL: the attach stops it; let it go again
+    libc.ptrace(17, 1, 0, 0)  # PTRACE_DETACH
+    out["init_attach"] = "attached"
+else:
+    out["init_attach"] = errno.errorcode.get(ctypes.get_errno(), "?")
+try:
+    open("/proc/1/mem", "r+b").close()
+    out["init_mem"] = "writable"
+except OSError as e:
+    out["init_mem"] = errno.errorcode.get(e.errno, str(e.errno))
 try:
     open("/opt/spo-gym/probe", "w")
     out["rootfs"] = "writable"
@@ -172,8 +185,13 @@ def check_probe(data: dict[str, Any], cfg: SandboxConfig) -> list[str]:
             f"/tmp is not a {cfg.tmpfs_mb} MB tmpfs mounted rw,nosuid,nodev "
             f"({fstype} {','.join(options)}, {data['tmp_bytes']} bytes)"
         )
-    if data["pid1"] not in ("docker-init", "tini") or data["supervisor_pid"] == 1:
-        problems.append(f"the init process is missing (PID 1 is {data['pid1']!r})")
+    if data["supervisor_pid"] != 1:
+        problems.append(f"the supervisor is not the container's init (PID 1 is {data['pid1']!r})")
+    if data["init_attach"] != "EPERM" or data["init_mem"] not in ("EACCES", "EPERM"):
+        problems.append(
+            "the sandboxed code can attach to PID 1, which outlives every episode "
+            f"(ptrace: {data['init_attach']}, /proc/1/mem: {data['init_mem']})"
+        )
     if data["supervisor_environ"] not in ("EACCES", "EPERM") or data["supervisor_getfd"] == "taken":
         problems.append(
             "the supervisor is dumpable by the sandboxed code (its environment: "
@@ -194,27 +212,6 @@ def check_probe(data: dict[str, Any], cfg: SandboxConfig) -> list[str]:
     if data["pids"] == "unlimited" or data["pids"] > cfg.pids_limit:
         problems.append(f"the process limit is not enforced (started {data['pids']} threads)")
     return problems
-
-
-def verify_scrub(reply: dict[str, Any], cfg: SandboxConfig) -> None:
-    """Raises SandboxError unless a scrub left the container provably clean.
-
-    Clean: no process but init and the supervisor, nothing in ``/tmp``, ``/dev/shm`` or
-    ``/dev/mqueue``, no System V IPC object, and the rlimits as configured.
-    """
-    if reply.get("op") != "scrubbed":
-        raise SandboxError(f"scrub failed: {str(reply.get('message', reply.get('op')))[:200]}")
-    expected = {
-        "stray_pids": [],
-        "leftovers": {"/tmp": [], "/dev/shm": [], "/dev/mqueue": []},
-        "sysv": {"shm": 0, "sem": 0, "msg": 0},
-        "limits": {"nofile": cfg.nofile, "fsize": cfg.fsize_mb * MB},
-    }
-    found = {key: reply.get(key) for key in expected}
-    if isinstance(found["limits"], dict):
-        found["limits"] = {k: found["limits"].get(k) for k in expected["limits"]}
-    if found != expected:
-        raise SandboxError(f"the container is not clean after a scrub: {str(found)[:500]}")
 
 
 async def _run(box: Box, code: str, timeout: float, max_chars: int) -> RunResult:

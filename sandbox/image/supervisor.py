@@ -6,7 +6,7 @@ line each way) and executes requests:
 
     {"op": "run", "code": str, "timeout": float, "stateless": bool, "echo": bool}
     {"op": "reset"} | {"op": "put", "path", "data_b64"} | {"op": "get", "path"}
-    {"op": "scrub"}
+    {"op": "scrub", "verify": bool}
 
 The kernel is a child process in its own session, speaking to the supervisor over a
 private pipe pair; its stdout/stderr are pipes the supervisor drains continuously,
@@ -14,11 +14,20 @@ keeping a head and a tail per stream. Timeouts are enforced here, not on the hos
 SIGINT (so the traceback shows where the code was stuck), a grace period, then SIGKILL.
 
 Code in the kernel runs as the supervisor's own user, so the supervisor guards itself:
-it is not dumpable (no ``/proc/<pid>/environ``, ptrace or ``pidfd_getfd`` from the cell)
-and it is the child subreaper of everything the cell starts, so a process that leaves
-the kernel's session (``setsid``, a double fork) is still its descendant. Whenever a
-kernel is replaced, every descendant is killed: no process of a cell outlives its kernel.
-What the kernel reports is checked like any other input from the cell.
+it is not dumpable (no ``/proc/<pid>/environ``, ptrace, ``/proc/<pid>/mem`` or
+``pidfd_getfd`` from the cell). It is the container's init (PID 1): a separate init such as
+Docker's would run as the same user, be dumpable and outlive every episode, so a cell could
+attach to it and keep code or data there. As init it is also the parent of every orphan, and
+signals a cell sends it without a handler (SIGKILL, SIGSTOP, SIGTERM) are dropped by the
+kernel. Whenever a kernel is replaced, every other process is killed: no process of a cell
+outlives its kernel. What the kernel reports is checked like any other input from the cell.
+
+A container may serve several episodes. Between two, ``scrub`` kills every process but this
+one, removes every System V IPC object and empties every writable directory; with
+``verify`` it then reports what is left on each channel one episode could use to leave
+something for the next (processes, files, ptys, IPC objects, sockets, and the process
+attributes a fresh kernel inherits from this one). The hello carries the same
+sockets and attributes as seen before any cell ran, the baseline the host compares with.
 
 The kernel itself is ``kernel.py`` next to this file.
 """
@@ -32,10 +41,12 @@ import fcntl
 import json
 import math
 import os
+import resource
 import select
 import shutil
 import signal
 import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -51,6 +62,33 @@ IPC_RMID = 0
 # Directories a cell can write to; a reused container must find them empty.
 WRITABLE_DIRS = ("/tmp", "/dev/shm", "/dev/mqueue")
 SYSV_KINDS = ("shm", "sem", "msg")
+# The container's sockets: tables of its network namespace that list them cheaply (unix,
+# netlink and packet ones named by inode, ping ones by address), and the counters of
+# /proc/net/sockstat{,6} kept per namespace (the tcp tables are read from a host-wide hash:
+# milliseconds each). A closed connection in TIME_WAIT counts as "tw".
+SOCKET_TABLES_BY_INODE = ("unix", "netlink", "packet")
+SOCKET_TABLES_BY_ADDRESS = ("icmp", "icmp6")
+SOCKSTAT_PER_NAMESPACE = {
+    ("TCP", "inuse"),
+    ("TCP", "tw"),
+    ("UDP", "inuse"),
+    ("UDPLITE", "inuse"),
+    ("RAW", "inuse"),
+    ("FRAG", "inuse"),
+    ("TCP6", "inuse"),
+    ("UDP6", "inuse"),
+    ("UDPLITE6", "inuse"),
+    ("RAW6", "inuse"),
+    ("FRAG6", "inuse"),
+}
+SOCKET_SETTLE_TRIES = 20  # 10 ms apart
+# sched_getattr and ioprio_get have no wrapper in the standard library.
+SYSCALLS = {
+    "x86_64": {"sched_getattr": 315, "ioprio_get": 252},
+    "aarch64": {"sched_getattr": 275, "ioprio_get": 31},
+}
+SCHED_ATTR = struct.Struct("=IIQiIQQQII")
+IOPRIO_WHO_PROCESS = 1
 LIBC = ctypes.CDLL(None, use_errno=True)
 
 # Run with -c (not as a script) so that the working directory is on sys.path, as in a REPL.
@@ -272,6 +310,7 @@ class Supervisor:
         self.rfile = sock.makefile("rb")
         self.pid = os.getpid()
         self.kernel: Kernel | None = None
+        self.baseline: dict = {}
         self.keep = int(os.environ.get("SPO_OUTPUT_KEEP", "8192"))
         self.hard_cap = int(os.environ.get("SPO_OUTPUT_HARD_CAP", str(8 << 20)))
         self.grace = float(os.environ.get("SPO_GRACE", "0.5"))
@@ -323,7 +362,9 @@ class Supervisor:
 
     def serve(self) -> None:
         self.prepare()
-        self.send({"op": "hello", "token": os.environ.get("SPO_TOKEN", ""), "pid": self.pid})
+        self.baseline = {"sockets": _sockets(), "process": _process_attributes()}
+        token = os.environ.get("SPO_TOKEN", "")
+        self.send({"op": "hello", "token": token, "pid": self.pid, "baseline": self.baseline})
         handlers = {
             "run": self.op_run,
             "reset": self.op_reset,
@@ -614,10 +655,10 @@ class Supervisor:
         return {"op": "file", "path": path, "data_b64": base64.b64encode(data).decode()}
 
     def op_scrub(self, req: dict) -> dict:
-        """Returns the container to a clean state and reports the evidence.
+        """Returns the container to a clean state and, with ``verify``, reports the evidence.
 
-        Every process but init and this one, every file in the writable directories and
-        every System V IPC object go; the reply lists whatever is still there.
+        Every process but this one, every file in the writable directories and every
+        System V IPC object go; the evidence lists whatever is still there on each channel.
         """
         self.discard_kernel()
         for kind in SYSV_KINDS:
@@ -625,13 +666,32 @@ class Supervisor:
                 _remove_sysv(kind, ident)
         for directory in WRITABLE_DIRS:
             _empty_dir(directory)
+        if req.get("verify") is False:
+            return {"op": "scrubbed"}
+        return {"op": "scrubbed", "evidence": self.evidence()}
+
+    def evidence(self) -> dict:
+        """What is left, per channel, that a later episode could find."""
         return {
-            "op": "scrubbed",
-            "stray_pids": [p for p in _all_pids() if p not in (1, self.pid)],
-            "leftovers": {d: sorted(os.listdir(d)) for d in WRITABLE_DIRS},
+            "processes": [p for p in _all_pids() if p != self.pid],
+            "files": {d: sorted(os.listdir(d)) for d in WRITABLE_DIRS},
+            "ptys": sorted(name for name in os.listdir("/dev/pts") if name != "ptmx"),
             "sysv": {kind: len(_sysv_ids(kind)) for kind in SYSV_KINDS},
-            "limits": _limits(),
+            "sockets": self.settled_sockets(),
+            "process": _process_attributes(),
         }
+
+    def settled_sockets(self) -> dict:
+        """The container's sockets once those of the killed processes are gone: a unix
+        socket held only by descriptors in flight is freed by the kernel's garbage
+        collector, a moment after its last process."""
+        known = self.baseline["sockets"]
+        for _ in range(SOCKET_SETTLE_TRIES):
+            found = _sockets()
+            if all(set(rows) <= set(known.get(table, ())) for table, rows in found.items()):
+                break
+            time.sleep(0.01)
+        return found
 
 
 def _parse_json(line: bytes) -> dict | None:
@@ -708,21 +768,78 @@ def _empty_dir(directory: str) -> None:
     for entry in os.listdir(directory):
         full = os.path.join(directory, entry)
         if os.path.isdir(full) and not os.path.islink(full):
+            _make_removable(full)
             shutil.rmtree(full, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):
                 os.unlink(full)
 
 
-def _limits() -> dict:
-    import resource
+def _make_removable(top: str) -> None:
+    """Gives the owner full access to every directory under ``top`` (a cell may have taken
+    it away), so that the whole tree can be listed and deleted."""
+    with contextlib.suppress(OSError):
+        os.chmod(top, 0o700)
+    for root, dirs, _files in os.walk(top):
+        for name in dirs:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                with contextlib.suppress(OSError):
+                    os.chmod(path, 0o700)
 
-    names = {
-        "nofile": resource.RLIMIT_NOFILE,
-        "fsize": resource.RLIMIT_FSIZE,
-        "nproc": resource.RLIMIT_NPROC,
+
+def _sockets() -> dict:
+    """The sockets of the container's network namespace: per table, the names of its rows."""
+    found = {}
+    for table in (*SOCKET_TABLES_BY_INODE, *SOCKET_TABLES_BY_ADDRESS):
+        try:
+            with open(f"/proc/net/{table}") as f:
+                rows = [line.split() for line in f.read().splitlines()[1:]]
+        except FileNotFoundError:
+            continue
+        if table in SOCKET_TABLES_BY_INODE:
+            column = 6 if table == "unix" else -1
+            found[table] = sorted(row[column] for row in rows if row)
+        else:
+            found[table] = sorted(" ".join(row[1:4] + row[9:10]) for row in rows if row)
+    counts = []
+    for name in ("sockstat", "sockstat6"):
+        try:
+            with open(f"/proc/net/{name}") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            proto, _, fields = line.partition(":")
+            words = fields.split()
+            for key, value in zip(words[::2], words[1::2], strict=False):
+                if (proto, key) in SOCKSTAT_PER_NAMESPACE:
+                    counts.append(f"{proto} {key} {value}")
+    found["sockstat"] = sorted(counts)
+    return found
+
+
+def _process_attributes() -> dict:
+    """What a process started by this one inherits and a cell of the same user can change
+    from outside (nice, scheduling, CPU affinity, I/O priority, resource limits)."""
+    calls = SYSCALLS.get(os.uname().machine, {})
+    attrs = {
+        "rlimits": {
+            name: list(resource.getrlimit(getattr(resource, name)))
+            for name in sorted(dir(resource))
+            if name.startswith("RLIMIT_")
+        },
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
+        "scheduler": [os.sched_getscheduler(0), os.sched_getparam(0).sched_priority],
+        "affinity": sorted(os.sched_getaffinity(0)),
     }
-    return {k: resource.getrlimit(v)[1] for k, v in names.items()}
+    if "sched_getattr" in calls:
+        buf = ctypes.create_string_buffer(SCHED_ATTR.size)
+        if LIBC.syscall(calls["sched_getattr"], 0, buf, SCHED_ATTR.size, 0) == 0:
+            attrs["sched_attr"] = list(SCHED_ATTR.unpack(buf.raw))
+    if "ioprio_get" in calls:
+        attrs["ioprio"] = LIBC.syscall(calls["ioprio_get"], IOPRIO_WHO_PROCESS, 0)
+    return attrs
 
 
 def _in_workdir(path: str) -> str:

@@ -64,9 +64,12 @@ def run_jobs(
     concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, help="Jobs running at once."),
     timeout: float = typer.Option(30.0, help="Default per-job timeout in seconds."),
     memory_mb: int = typer.Option(1024, help="Memory limit per sandbox."),
-    reuse: bool = typer.Option(False, help="Recycle containers after a verified scrub."),
+    reuse: bool = typer.Option(
+        True,
+        help="Serve a container to the next job after a verified scrub (--no-reuse: a fresh one each).",
+    ),
 ) -> None:
-    """Run each job in its own fresh sandbox session; results appended as they finish.
+    """Run each job in its own sandbox session; results appended as they finish.
 
     SIGINT or SIGTERM stops the run cleanly: running jobs are cancelled, the containers
     removed, the summary printed; the same command resumes it.

@@ -272,17 +272,26 @@ def test_retool_episode_sync(pool: SandboxPool, tasks: list[Task]) -> None:
 
 @pytest.mark.docker
 def test_close_mid_episode_releases_the_container(
-    pool: SandboxPool, tasks: list[Task], docker_client: Any, wait_until: Any
+    pool: SandboxPool, tasks: list[Task], wait_until: Any
 ) -> None:
+    def settled() -> bool:  # no container between episodes (being scrubbed or created)
+        stats = pool.stats()
+        return stats.live == stats.ready + stats.in_use
+
+    def after_episodes() -> int:  # containers scrubbed and served again, or rejected
+        stats = pool.stats()
+        return stats.reused + sum(stats.scrub_rejections.values())
+
     env = envs.make("spo_gym/ReTool-v0", pool=pool, tasks=tasks)
     env.reset(seed=1)
     env.step(CODE.format("x = 1"))
     assert env.session is not None
-    container = env.session.container_id
-    in_use = pool.stats().in_use
+    assert wait_until(settled)
+    in_use, scrubbed = pool.stats().in_use, after_episodes()
     env.close()
     assert env.session is None and pool.stats().in_use == in_use - 1
-    assert wait_until(lambda: not docker_client.api.containers(all=True, filters={"id": container}))
+    # The container went back to the pool: scrubbed, then served again or removed.
+    assert wait_until(lambda: after_episodes() == scrubbed + 1)
     env.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         env.step("more")

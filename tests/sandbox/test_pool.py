@@ -51,7 +51,8 @@ async def test_cancelled_acquire_does_not_strand_a_container() -> None:
 
 
 async def test_waiters_are_served_as_containers_free_up() -> None:
-    async with SandboxPool(SandboxConfig(warm=0, max_containers=2, self_test=False)) as pool:
+    cfg = SandboxConfig(warm=0, max_containers=2, reuse=False, self_test=False)
+    async with SandboxPool(cfg) as pool:
 
         async def episode(i: int) -> str:
             async with pool.session(f"e{i}", acquire_timeout_s=60) as s:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox import RunStatus, SandboxPool, SandboxSession
+from sandbox import RunStatus, SandboxConfig, SandboxPool, SandboxSession
 
 pytestmark = pytest.mark.docker
 
@@ -18,15 +18,19 @@ async def test_state_persists_within_an_episode(pool: SandboxPool) -> None:
     assert not r.state_lost
 
 
-async def test_state_does_not_leak_across_episodes(pool: SandboxPool) -> None:
-    async with pool.session("a") as s:
-        await s.run("secret = 123")
-        await s.put_file("left.txt", "behind")
-        first = s.container_id
-    async with pool.session("b") as s:
-        r = await s.run("print(secret)")
-        f = await s.run("import os; print(os.path.exists('/tmp/work/left.txt'))")
-        assert s.container_id != first
+@pytest.mark.parametrize("reuse", [False, True], ids=["single-use", "reuse"])
+async def test_state_does_not_leak_across_episodes(reuse: bool) -> None:
+    # One container at most: a fresh one for each episode, or the same one after a scrub.
+    cfg = SandboxConfig(warm=1, max_containers=1, reuse=reuse, self_test=False)
+    async with SandboxPool(cfg) as pool:
+        async with pool.session("a") as s:
+            await s.run("secret = 123")
+            await s.put_file("left.txt", "behind")
+            first = s.container_id
+        async with pool.session("b") as s:
+            r = await s.run("print(secret)")
+            f = await s.run("import os; print(os.path.exists('/tmp/work/left.txt'))")
+            assert (s.container_id == first) is reuse
     assert r.status is RunStatus.ERROR
     assert r.exc_type == "NameError"
     assert f.stdout.strip() == "False"

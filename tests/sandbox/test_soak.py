@@ -21,13 +21,14 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def test_soak_single_use_episodes(docker_client: docker.DockerClient) -> None:
+@pytest.mark.parametrize("reuse", [False, True], ids=["single-use", "reuse"])
+async def test_soak_episodes(docker_client: docker.DockerClient, reuse: bool) -> None:
     me = psutil.Process()
     fds_before = open_fds()
     rss: dict[int, int] = {}
     done = 0
     pool = SandboxPool(
-        SandboxConfig(warm=8, max_containers=24, max_concurrent_ops=4, self_test=False)
+        SandboxConfig(warm=8, max_containers=24, max_concurrent_ops=4, reuse=reuse, self_test=False)
     )
     await pool.start()
     sem = asyncio.Semaphore(8)
@@ -49,12 +50,17 @@ async def test_soak_single_use_episodes(docker_client: docker.DockerClient) -> N
     await pool.close()
     gc.collect()
     assert stats.runs == {"ok": 3 * EPISODES}
+    assert stats.scrub_rejections == {}
+    if reuse:  # every container served episode after episode, none was removed
+        assert stats.removed == 0 and stats.created <= pool.config.max_containers
+        assert stats.reused >= EPISODES - 8  # the last releases' scrubs may still run
     # Other pools may share the daemon; this pool's own count is back to zero.
     assert pool_containers(docker_client, pool.pool_id) == []
     assert open_fds() <= fds_before + 2  # the docker client's keep-alive sockets may stay open
     growth_mb = (rss[EPISODES] - rss[100]) / 2**20
     print(
-        f"\nsoak: {EPISODES} episodes, RSS growth ep100→ep{EPISODES}: {growth_mb:.1f} MB, "
+        f"\nsoak ({'reuse' if reuse else 'single-use'}): {EPISODES} episodes, "
+        f"RSS growth ep100→ep{EPISODES}: {growth_mb:.1f} MB, "
         f"create p50 {stats.create_p50_ms:.0f} ms, run p50 {stats.run_p50_ms:.2f} ms"
     )
     assert growth_mb < 20
