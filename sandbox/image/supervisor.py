@@ -364,7 +364,7 @@ class Supervisor:
 
     def serve(self) -> None:
         self.prepare()
-        self.baseline = {"sockets": _sockets(), "process": _process_attributes()}
+        self.baseline = {"sockets": _named_sockets(), "process": _process_attributes()}
         token = os.environ.get("SPO_TOKEN", "")
         self.send({"op": "hello", "token": token, "pid": self.pid, "baseline": self.baseline})
         handlers = {
@@ -789,6 +789,18 @@ def _make_removable(top: str) -> None:
             if not os.path.islink(path):
                 with contextlib.suppress(OSError):
                     os.chmod(path, 0o700)
+
+
+def _named_sockets() -> dict:
+    """:func:`_sockets` once no unix socket is still half-made: a socket caught while being
+    set up is listed with inode 0 and gets its real inode a moment later, which a baseline
+    taken in that moment would not know (seen on a loaded host)."""
+    deadline = time.monotonic() + SOCKET_SETTLE_S
+    while True:
+        found = _sockets()
+        if "0" not in found.get("unix", ()) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.01)
 
 
 def _sockets() -> dict:
