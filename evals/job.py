@@ -236,17 +236,14 @@ def write_outputs(store: RunStore, summary: EvalSummary) -> None:
     store.path(SUMMARY_MD).write_text(markdown_summary(summary), encoding="utf-8")
     plot_pass_at_k([summary], store.path(CURVE_PNG))
     samples = apply_regrades(store, store.samples())
-    table: dict[str, list[float]] = {}
-    for task in store.problems():
-        rows = sorted(
-            (
-                s
-                for s in samples.values()
-                if s.problem_key == task.key and s.sample_index < summary.k
-            ),
-            key=lambda s: s.sample_index,
-        )
-        table[task.key] = [s.reward for s in rows]
+    table = {
+        task.key: [
+            samples[sid].reward
+            for sid in (sample_id(task.key, i) for i in range(summary.k))
+            if sid in samples
+        ]
+        for task in store.problems()
+    }
     write_offline_jsonl(store.path(OFFLINE_VALUES), table)
 
 

@@ -144,14 +144,21 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """A percentile bootstrap interval of the mean over problems (problems resampled with
     replacement)."""
-    arr = np.asarray(per_problem, dtype=float)
-    if arr.size == 0:
+    _, low, high = _bootstrap(np.asarray(per_problem, dtype=float), resamples, confidence, seed)
+    return low, high
+
+
+def _bootstrap(
+    values: np.ndarray, resamples: int, confidence: float, seed: int
+) -> tuple[np.ndarray, float, float]:
+    """Resampled means of ``values`` and their percentile interval."""
+    if values.size == 0:
         raise ValueError("no problems")
     rng = np.random.default_rng(seed)
-    means = arr[rng.integers(0, len(arr), size=(resamples, len(arr)))].mean(axis=1)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
+    return means, float(low), float(high)
 
 
 @dataclass(frozen=True)
@@ -185,19 +192,14 @@ def paired_bootstrap(
     if len(a) != len(b):
         raise ValueError(f"paired runs need the same problems: {len(a)} vs {len(b)} scores")
     diff = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
-    if diff.size == 0:
-        raise ValueError("no problems")
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
+    means, low, high = _bootstrap(diff, resamples, confidence, seed)
     observed = float(diff.mean())
     if np.all(diff == 0):
         p = 1.0
     else:
         far = (means <= 0).mean() if observed > 0 else (means >= 0).mean()
         p = float(min(1.0, 2 * far))
-    return PairedComparison(observed, float(low), float(high), p, len(diff))
+    return PairedComparison(observed, low, high, p, len(diff))
 
 
 def wilson_interval(c: int, n: int, z: float = 1.96) -> tuple[float, float]:
