@@ -1,0 +1,11 @@
+"""SPO and ReTool on verl 0.9.1, through verl's extension points (no copied trainer).
+
+- :mod:`spo_core.verl.advantage`: the ``spo`` advantage estimator (``@register_adv_est``).
+- :mod:`spo_core.verl.replay_buffer`: batches are the first B finished, unmasked trajectories.
+- :mod:`spo_core.verl.trainer`: the ``spo`` single-stream trainer mode (``@register_trainer``).
+- :mod:`spo_core.verl.agent_loop`: the ``spo_gym_tool_agent`` agent loop (``@register``).
+- :mod:`spo_core.verl.plugin`: registers all of them; loaded by ``import verl`` in every Ray
+  process through the ``verl.plugins`` entry-point group.
+
+verl is imported lazily: nothing here is imported by the CPU learner.
+"""
