@@ -6,3 +6,6 @@ surfaces them.
 """
 
 from __future__ import annotations
+
+import spo_core.verl.advantage
+import spo_core.verl.trainer  # noqa: F401

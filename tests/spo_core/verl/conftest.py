@@ -1,0 +1,125 @@
+"""Fixtures for the verl tests: a real TransferQueue on the session's Ray cluster, composed
+verl configs, and a small training set in verl's parquet schema."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from spo_core.verl.fields import AGENT_NAME
+
+
+@pytest.fixture(scope="session")
+def transfer_queue(ray_cluster: str) -> Iterator[None]:
+    """TransferQueue's controller and one storage unit (2 cores here), for the whole session."""
+    import transfer_queue as tq
+    from omegaconf import OmegaConf
+
+    tq.init(
+        OmegaConf.create(
+            {
+                "backend": {
+                    "SimpleStorage": {"num_data_storage_units": 1, "total_storage_size": 4096}
+                }
+            }
+        )
+    )
+    try:
+        yield
+    finally:
+        tq.close()
+
+
+@pytest.fixture
+def clean_queue(transfer_queue: None) -> Iterator[None]:
+    """Every partition empty before and after the test."""
+    import transfer_queue as tq
+
+    def clear() -> None:
+        for partition, items in (tq.kv_list() or {}).items():
+            if items:
+                tq.kv_clear(keys=list(items), partition_id=partition)
+
+    clear()
+    yield
+    clear()
+
+
+def write_training_set(path: Path, n: int) -> list[str]:
+    """``n`` arithmetic prompts in the schema ``spo-gym data prepare`` writes; their keys."""
+    keys = [f"train/{i:03d}" for i in range(n)]
+    rows = [
+        {
+            "data_source": "unit",
+            "prompt": [{"role": "user", "content": f"What is {i} + {i}?"}],
+            "ability": "math",
+            "reward_model": {"style": "rule", "ground_truth": str(2 * i)},
+            "agent_name": AGENT_NAME,
+            "prompt_key": key,
+            "extra_info": {
+                "index": i,
+                "question": f"What is {i} + {i}?",
+                "answer": str(2 * i),
+                "env": "retool",
+                "split": "train",
+            },
+        }
+        for i, key in enumerate(keys)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return keys
+
+
+@pytest.fixture(scope="session")
+def nano_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (untrained) nano model folder: verl reads its config and tokenizer."""
+    from agents.nano.model import CI_CONFIG, save_nano
+
+    return save_nano(tmp_path_factory.mktemp("nano"), CI_CONFIG)
+
+
+ComposeFn = Callable[..., object]
+
+
+@pytest.fixture
+def spo_config(tmp_path: Path, nano_folder: Path) -> Callable[..., object]:
+    """Compose verl's own ``ppo_trainer`` config set up for the ``spo`` trainer mode."""
+    from hydra import compose, initialize_config_module
+
+    def make(n_prompts: int = 12, extra: tuple[str, ...] = (), offline: dict | None = None):
+        train = tmp_path / "train.parquet"
+        keys = write_training_set(train, n_prompts)
+        overrides = [
+            "algorithm.adv_estimator=spo",
+            "trainer.v1.trainer_mode=spo",
+            "+trainer.v1.spo.num_warmup_batches=1",
+            "data.gen_batch_size=1",
+            "data.train_batch_size=4",
+            f"data.train_files={train}",
+            f"data.val_files={train}",
+            "data.dataloader_num_workers=0",
+            f"actor_rollout_ref.model.path={nano_folder}",
+            "actor_rollout_ref.rollout.n=1",
+            "trainer.v1.sampler.max_off_policy_strategy=wait",
+            "+trainer.v1.sampler.custom_sampler.path=pkg://spo_core.verl.replay_buffer",
+            "+trainer.v1.sampler.custom_sampler.name=SPOReplayBuffer",
+            f"trainer.default_local_dir={tmp_path / 'checkpoints'}",
+        ]
+        if offline is None:
+            overrides.append("+spo_gym.cold_start=true")
+        else:
+            path = tmp_path / "offline_values.jsonl"
+            path.write_text(
+                "".join(json.dumps({"key": k, "scores": s}) + "\n" for k, s in offline.items())
+            )
+            overrides.append(f"+spo_gym.offline_values={path}")
+        with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+            config = compose(config_name="ppo_trainer", overrides=[*overrides, *extra])
+        return config, keys
+
+    return make
