@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from spo_gym.cli import data as _data
 from spo_gym.cli import envs as _envs
 from spo_gym.cli import eval as _eval
 from spo_gym.cli import grade as _grade
@@ -22,6 +23,7 @@ app = typer.Typer(
 app.add_typer(_sandbox.app, name="sandbox")
 app.add_typer(_models.app, name="models")
 app.add_typer(_envs.app, name="envs")
+app.add_typer(_data.app, name="data")
 app.command("grade")(_grade.grade)
 app.command("run")(_run.run)
 app.command("eval")(_eval.eval_command)

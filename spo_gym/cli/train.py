@@ -1,29 +1,32 @@
 """``spo-gym train`` (``./run_retool.sh``): SPO or GRPO training of a ReTool agent, shown live.
 
 The one table of flags for the main job. ``--backend auto`` trains locally (the CPU learner in
-:mod:`spo_core.learner`) unless a CUDA GPU and verl's rollout engine are present; ``--dry-run``
-prints the resolved plan and, for verl, its launch command, without running anything. Bad input
-is a one-line error before any work starts. The last line of standard output is one JSON object
-with the run's figures.
+:mod:`spo_core.learner`) unless an NVIDIA GPU and the GPU environment (scripts/gpu_env.sh) are
+present; ``--backend verl`` launches verl with a config of ``configs/verl``
+(:mod:`spo_core.verl.launch`). ``--dry-run`` prints the resolved plan and, for verl, the composed
+configuration and the launch command, without running anything. Bad input is a one-line error
+before any work starts. The last line of standard output is one JSON object with the run's
+figures.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
-import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from spo_core.verl.launch import LaunchSpec
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -35,18 +38,6 @@ BACKENDS = ("auto", "local", "verl")
 def _fail(message: str) -> typer.Exit:
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(2)
-
-
-def gpu_environment() -> str | None:
-    """Why the GPU path cannot run here (``None`` if it can)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible"
-    for module in ("verl", "vllm"):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed"
-    return None
 
 
 @dataclass(frozen=True)
@@ -76,37 +67,6 @@ class Plan:
     resume: str | None
 
 
-def verl_command(plan: Plan) -> list[str]:
-    """verl 0.9.1's launch command for the plan (SPO_SPEC §8's loss settings)."""
-    n = 1 if plan.method == "spo" else 8
-    batch = plan.learner.get("batch_size", 2048) if plan.method == "spo" else 256
-    return [
-        sys.executable,
-        "-m",
-        "verl.trainer.main_ppo",
-        f"algorithm.adv_estimator={'spo' if plan.method == 'spo' else 'grpo'}",
-        "algorithm.use_kl_in_reward=False",
-        f"data.train_batch_size={batch}",
-        f"actor_rollout_ref.model.path={plan.model}",
-        f"actor_rollout_ref.rollout.n={n}",
-        "actor_rollout_ref.rollout.name=vllm",
-        f"actor_rollout_ref.rollout.temperature={plan.temperature}",
-        f"actor_rollout_ref.actor.optim.lr={plan.learner.get('lr', 1e-6)}",
-        "actor_rollout_ref.actor.optim.weight_decay=0.01",
-        f"actor_rollout_ref.actor.optim.lr_warmup_steps={plan.learner.get('lr_warmup_steps', -1)}",
-        "actor_rollout_ref.actor.grad_clip=1.0",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=256",
-        "actor_rollout_ref.actor.ppo_epochs=1",
-        "actor_rollout_ref.actor.clip_ratio_low=0.2",
-        "actor_rollout_ref.actor.clip_ratio_high=0.28",
-        "actor_rollout_ref.actor.clip_ratio_c=10.0",
-        "actor_rollout_ref.actor.loss_agg_mode=token-mean",
-        "actor_rollout_ref.actor.use_kl_loss=False",
-        "actor_rollout_ref.actor.entropy_coeff=0",
-        f"trainer.default_local_dir={plan.out}/checkpoints",
-    ]
-
-
 def _parse_learner(pairs: Sequence[str]) -> dict[str, Any]:
     from spo_core.learner.args import LearnerArgs
 
@@ -131,13 +91,16 @@ def train(
     ablation: str = typer.Option(
         "full", help="SPO ablation: full | no_baseline | no_offline_init | uniform_sampling."
     ),
-    model: str = typer.Option(
-        "nano",
-        help="nano (a character-level Qwen3, SFT warm start, cached) | nano-ci (CI-sized) | "
-        "smollm2 (SmolLM2-135M-Instruct) | a local Hugging Face model folder.",
+    model: str | None = typer.Option(
+        None,
+        help="nano (the local default: a character-level Qwen3, SFT warm start, cached) | "
+        "nano-ci (CI-sized) | smollm2 (SmolLM2-135M-Instruct) | a local Hugging Face model "
+        "folder | with verl also a hub id (verl's default: the config's, Qwen/Qwen3-8B).",
     ),
     backend: str = typer.Option(
-        "auto", help="auto (verl with a GPU and verl + vLLM installed, else local) | local | verl."
+        "auto",
+        help="auto (verl with an NVIDIA GPU and the GPU environment of scripts/gpu_env.sh, "
+        "else local) | local | verl.",
     ),
     seed: int = typer.Option(0, help="Learner seed (prompt sampling, sampling seeds)."),
     tiers: str = typer.Option(
@@ -183,8 +146,31 @@ def train(
         False, "--dry-run", help="Print the resolved plan (and verl's launch command); run nothing."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No live view; stages on stderr only."),
+    verl_config: str | None = typer.Option(
+        None,
+        help="verl: a config of configs/verl (default <method>_qwen3_8b; spo_smoke, grpo_smoke "
+        "for one GPU).",
+    ),
+    train_files: list[Path] = typer.Option(
+        [], "--train-files", help="verl: training parquet (repeatable; spo-gym data prepare)."
+    ),
+    val_files: list[Path] = typer.Option(
+        [], "--val-files", help="verl: evaluation parquet (repeatable)."
+    ),
+    nnodes: int | None = typer.Option(None, min=1, help="verl: nodes (default: the config's)."),
+    gpus_per_node: int | None = typer.Option(
+        None, min=1, help="verl: GPUs per node (default: the config's)."
+    ),
+    verl_overrides: list[str] = typer.Option(
+        [], "--verl", help="verl: a Hydra override KEY=VALUE, applied last (repeatable)."
+    ),
 ) -> None:
-    """Train a ReTool agent with SPO (or GRPO) and report its held-out gain."""
+    """Train a ReTool agent with SPO (or GRPO) and report its held-out gain.
+
+    The verl backend uses --method, --ablation (full, no_offline_init, uniform_sampling),
+    --model, --offline-values, --steps, --seed, --temperature, --set (lr, batch_size,
+    lr_warmup_steps), --out, --resume and the verl options.
+    """
     from envs.tasks import Tier, TierError
 
     method, ablation, backend = method.lower(), ablation.lower(), backend.lower()
@@ -203,13 +189,40 @@ def train(
         raise _fail(str(exc)) from exc
     if not tier_list and not candidates:
         raise _fail("give --tiers or --candidate-tiers")
-    if model not in ("nano", "nano-ci", "smollm2") and not (Path(model) / "config.json").is_file():
-        raise _fail(f"model {model!r}: not nano, nano-ci, smollm2 or a folder with config.json")
     if resume and not (out / "checkpoints").is_dir():
         raise _fail(f"--resume: no checkpoints under {out}/checkpoints")
-    learner = _parse_learner(set_)
-    why_not_gpu = gpu_environment()
+    from spo_core.verl.launch import LaunchSpec, gpu_unavailable_reason
+
+    why_not_gpu = None if backend == "local" else gpu_unavailable_reason()
     resolved = backend if backend != "auto" else ("local" if why_not_gpu else "verl")
+    if resolved == "verl":
+        if why_not_gpu and not dry_run:
+            raise _fail(
+                f"the verl backend cannot run here: {why_not_gpu}; use --backend local "
+                "(--dry-run prints the launch on any machine)"
+            )
+        spec = LaunchSpec(
+            method=method,  # type: ignore[arg-type]
+            model=model,
+            out=out,
+            config_name=verl_config,
+            train_files=tuple(map(str, train_files)),
+            val_files=tuple(map(str, val_files)),
+            nnodes=nnodes,
+            gpus_per_node=gpus_per_node,
+            offline_values=offline_values,
+            cold_start=ablation == "no_offline_init",
+            resume=resume,
+            seed=seed,
+            temperature=temperature,
+            overrides=_verl_overrides(set_, ablation, steps, verl_overrides),
+        )
+        _train_verl(spec, ablation, dry_run)
+        return
+    model = model or "nano"
+    if model not in ("nano", "nano-ci", "smollm2") and not (Path(model) / "config.json").is_file():
+        raise _fail(f"model {model!r}: not nano, nano-ci, smollm2 or a folder with config.json")
+    learner = _parse_learner(set_)
     plan = Plan(
         backend=resolved,
         method=method,
@@ -236,20 +249,85 @@ def train(
     config = _job_config(plan)  # validates the learner settings before any work
     if dry_run:
         console.print(Panel(_plan_table(plan), title="plan"))
-        if resolved == "verl":
-            console.print("verl launch command:")
-            print(shlex.join(verl_command(plan)))
         print(json.dumps({"dry_run": True, **asdict(plan)}))
         return
-    if resolved == "verl":
-        raise _fail(
-            f"the verl backend cannot run here: {why_not_gpu}; use --backend local"
-            if why_not_gpu
-            else "the verl backend's trainer is not part of this version; use --backend local "
-            "(--dry-run prints verl's launch command)"
-        )
     result = _run_local(config, quiet)
     print(json.dumps(result))
+
+
+# The learner settings with a verl counterpart (--set NAME=VALUE on the verl backend).
+_VERL_SETTINGS = {
+    "lr": "actor_rollout_ref.actor.optim.lr",
+    "batch_size": "data.train_batch_size",
+    "lr_warmup_steps": "actor_rollout_ref.actor.optim.lr_warmup_steps",
+}
+
+
+def _verl_overrides(
+    settings: Sequence[str], ablation: str, steps: int | None, extra: Sequence[str]
+) -> tuple[str, ...]:
+    """The Hydra overrides that carry the learner flags to verl, then ``extra``."""
+    overrides: list[str] = []
+    for pair in settings:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in _VERL_SETTINGS:
+            raise _fail(
+                f"--set {pair!r}: the verl backend takes {', '.join(sorted(_VERL_SETTINGS))}; "
+                "give other verl settings as --verl KEY=VALUE"
+            )
+        overrides.append(f"{_VERL_SETTINGS[name]}={value}")
+    if ablation == "no_baseline":
+        raise _fail("--ablation no_baseline runs on the local backend only")
+    if ablation == "uniform_sampling":
+        overrides.append("++spo_gym.sampler.mode=uniform")  # the block starts empty
+    if steps == 0:  # evaluation only, as on the local backend
+        overrides += ["trainer.val_only=true", "trainer.val_before_train=true"]
+    elif steps is not None:
+        overrides.append(f"trainer.total_training_steps={steps}")
+    for pair in extra:
+        if "=" not in pair:
+            raise _fail(f"--verl {pair!r}: expected a Hydra override KEY=VALUE")
+    return (*overrides, *extra)
+
+
+def _train_verl(spec: LaunchSpec, ablation: str, dry_run: bool) -> None:
+    """Build the verl launch of ``spec``; print it (``dry_run``) or run it."""
+    from spo_core.verl.launch import LaunchError, build_launch, run_launch
+
+    try:
+        launch = build_launch(spec, prepare_model=not dry_run)
+    except LaunchError as exc:
+        raise _fail(str(exc)) from None
+    summary = {
+        "backend": "verl",
+        "method": spec.method,
+        "ablation": ablation,
+        "config": spec.config,
+        "model": str(launch.config.actor_rollout_ref.model.path),
+        "out": str(spec.out),
+        "command": launch.command,
+    }
+    if launch.config.trainer.nnodes > 1:
+        console.print(
+            f"{launch.config.trainer.nnodes} nodes: start Ray from the GPU environment on each "
+            "(`ray start --head` here, `ray start --address=<head>:6379` on the others); the "
+            "command runs on the head node and joins that cluster"
+        )
+    if dry_run:
+        print(f"# configs/verl/{spec.config}.yaml composed with the command's overrides")
+        print(launch.config_yaml, end="")
+        console.print("verl launch command:")
+        print(shlex.join(launch.command))
+        print(json.dumps({"dry_run": True, **summary}))
+        return
+    console.print(f"launching verl ({spec.config}); configuration: {spec.out}/verl_config.yaml")
+    try:
+        code = run_launch(launch, spec.out)
+    except LaunchError as exc:
+        raise _fail(str(exc)) from None
+    print(json.dumps({**summary, "exit_code": code}))
+    if code != 0:
+        raise typer.Exit(code)
 
 
 def _job_config(plan: Plan) -> Any:

@@ -95,13 +95,13 @@ def test_dry_run_prints_the_plan_and_verl_launch_command(tmp_path: Path) -> None
     plan = json.loads(lines[-1])
     assert plan["dry_run"] and plan["backend"] == "verl" and plan["method"] == "grpo"
     command = lines[-2]
-    assert "verl.trainer.main_ppo" in command
-    assert "actor_rollout_ref.actor.clip_ratio_c=10.0" in command
-    assert "actor_rollout_ref.rollout.n=8" in command
-    assert "actor_rollout_ref.actor.optim.lr_warmup_steps=-1" in command  # verl's "none"
+    assert "-m spo_core.verl.main" in command and "--config-name grpo_qwen3_8b" in command
+    assert "algorithm.adv_estimator=grpo" in command
+    assert "  adv_estimator: grpo" in lines  # the composed configuration
     warm = _train(
-        "--dry-run", "--backend", "verl", "--set", "lr_warmup_steps=5", "--out", str(tmp_path)
-    )
+        "--dry-run", "--backend", "verl", "--method", "grpo", "--set", "lr_warmup_steps=5",
+        "--out", str(tmp_path),
+    )  # fmt: skip
     assert "actor_rollout_ref.actor.optim.lr_warmup_steps=5" in warm.stdout.splitlines()[-2]
     assert not any(tmp_path.iterdir())
     local = json.loads(_train("--dry-run", "--out", str(tmp_path)).stdout.strip().splitlines()[-1])

@@ -1,0 +1,183 @@
+"""Refuse verl configurations that would run something other than SPO under SPO's name.
+
+verl accepts ``algorithm.adv_estimator=spo`` in any trainer mode, with any number of responses
+per prompt and any staleness policy; most of those combinations train, just not with the
+paper's algorithm. :func:`validate_spo_config` turns each into a one-line error that says why.
+The launch entry (:mod:`spo_core.verl.main`) calls it before Ray starts, and the ``spo``
+trainer mode calls it again when it is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any, Final, get_args
+
+from omegaconf import DictConfig, OmegaConf
+
+from spo_core.config import AdvantageNorm, SamplerConfig, TrackerConfig
+from spo_core.verl.fields import AGENT_NAME, TRAINER_MODE
+
+__all__ = ["REPLAY_BUFFER_NAME", "REPLAY_BUFFER_PATH", "SPOConfigError", "validate_spo_config"]
+
+REPLAY_BUFFER_PATH: Final = "pkg://spo_core.verl.replay_buffer"
+"""``trainer.v1.sampler.custom_sampler.path``: verl's ``load_module`` imports ``pkg://`` paths
+as modules (a file path would load a second copy of the module under another name)."""
+
+REPLAY_BUFFER_NAME: Final = "SPOReplayBuffer"
+"""``trainer.v1.sampler.custom_sampler.name``."""
+
+_WHY_NOT_MODE: Final = {
+    "sync": "it submits exactly train_batch_size prompts per step and discards the requests "
+    "still in flight, so a batch is never the first B episodes to finish",
+    "separate_async": "it normalises advantages per PPO mini-batch, not over the whole batch "
+    "(SPO_SPEC §2 step 4)",
+    "colocate_async": "it has no value tracker, prioritised sampler or SPO batch assembly",
+}
+
+
+class SPOConfigError(ValueError):
+    """A verl configuration that cannot run SPO (or claims SPO's trainer mode without SPO)."""
+
+
+def _get(config: Any, dotted: str) -> Any:
+    return OmegaConf.select(config, dotted, default=None)
+
+
+def validate_spo_config(config: DictConfig) -> None:
+    """Check that ``config`` runs SPO as specified, or does not claim to.
+
+    With ``algorithm.adv_estimator=spo``: the V1 trainer in mode ``spo``, one response per
+    prompt, prompts refilled one at a time, staleness bounded by waiting (never by dropping),
+    spo-gym's replay buffer, offline values or an explicit cold start, and valid ``spo_gym``
+    settings. With any other estimator, mode ``spo`` is refused.
+
+    Raises:
+        SPOConfigError: the first problem found, in one line naming the key and why.
+    """
+    estimator = _get(config, "algorithm.adv_estimator")
+    mode = _get(config, "trainer.v1.trainer_mode")
+    if estimator != "spo":
+        if mode == TRAINER_MODE:
+            raise SPOConfigError(
+                f"trainer.v1.trainer_mode={TRAINER_MODE} needs algorithm.adv_estimator=spo, "
+                f"got {estimator!r}: the spo mode computes SPO advantages from its tracker; "
+                "run GRPO with trainer_mode=sync"
+            )
+        return
+    if not _get(config, "trainer.use_v1"):
+        raise SPOConfigError(
+            "algorithm.adv_estimator=spo needs trainer.use_v1=true: SPO runs in the V1 "
+            f"trainer's {TRAINER_MODE!r} mode"
+        )
+    if mode != TRAINER_MODE:
+        why = _WHY_NOT_MODE.get(str(mode), "it is not spo-gym's single-stream trainer")
+        raise SPOConfigError(
+            f"trainer.v1.trainer_mode={mode} cannot run SPO: {why}; "
+            f"set trainer.v1.trainer_mode={TRAINER_MODE}"
+        )
+    _check_sampling(config)
+    _check_spo_gym(config)
+
+
+def _check_sampling(config: DictConfig) -> None:
+    n = _get(config, "actor_rollout_ref.rollout.n")
+    if n != 1:
+        raise SPOConfigError(
+            f"actor_rollout_ref.rollout.n={n}: SPO samples one response per prompt per visit "
+            "(groups of n > 1 are GRPO's); set it to 1"
+        )
+    gen_batch_size = _get(config, "data.gen_batch_size")
+    if gen_batch_size not in (None, 1):
+        raise SPOConfigError(
+            f"data.gen_batch_size={gen_batch_size}: SPO refills prompts one at a time so the "
+            "sampler can weigh each and skip prompts in flight; set it to 1 or leave it unset"
+        )
+    strategy = _get(config, "trainer.v1.sampler.max_off_policy_strategy")
+    if strategy != "wait":
+        raise SPOConfigError(
+            f"trainer.v1.sampler.max_off_policy_strategy={strategy}: SPO bounds staleness by "
+            "admission with 'wait'; 'drop' throws finished long episodes away, starving slow, "
+            "hard prompts (SPO_SPEC §9)"
+        )
+    threshold = _get(config, "trainer.v1.sampler.max_off_policy_threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
+        raise SPOConfigError(
+            f"trainer.v1.sampler.max_off_policy_threshold={threshold}: give the staleness "
+            "bound in policy versions (an integer >= 1; null would leave staleness unbounded)"
+        )
+    path = _get(config, "trainer.v1.sampler.custom_sampler.path")
+    name = _get(config, "trainer.v1.sampler.custom_sampler.name")
+    if (path, name) != (REPLAY_BUFFER_PATH, REPLAY_BUFFER_NAME):
+        raise SPOConfigError(
+            f"trainer.v1.sampler.custom_sampler is {path}:{name}: SPO batches are the first B "
+            f"finished, unmasked episodes, formed by path={REPLAY_BUFFER_PATH} "
+            f"name={REPLAY_BUFFER_NAME}"
+        )
+    loop = _get(config, "actor_rollout_ref.rollout.agent.default_agent_loop")
+    if loop != AGENT_NAME:
+        raise SPOConfigError(
+            f"actor_rollout_ref.rollout.agent.default_agent_loop={loop}: rows without an "
+            f"agent_name would run outside the sandboxed env; set it to {AGENT_NAME}"
+        )
+
+
+def _check_spo_gym(config: DictConfig) -> None:
+    block = _get(config, "spo_gym")
+    if not isinstance(block, Mapping):
+        raise SPOConfigError(
+            "no spo_gym block: compose from configs/verl (e.g. --config-name spo_qwen3_8b)"
+        )
+    offline, cold_start = block.get("offline_values"), block.get("cold_start")
+    if not isinstance(cold_start, bool):
+        raise SPOConfigError(f"spo_gym.cold_start={cold_start}: must be true or false")
+    if offline and cold_start:
+        raise SPOConfigError(
+            "spo_gym.offline_values and spo_gym.cold_start=true contradict each other: "
+            "choose offline values or the no-offline-init ablation"
+        )
+    if not offline and not cold_start:
+        raise SPOConfigError(
+            "spo_gym.offline_values is unset: give an eval run's offline_values.jsonl of the "
+            "training prompts (spo-gym eval --dataset <train.parquet> -k 8), or set "
+            "spo_gym.cold_start=true for the no-offline-init ablation"
+        )
+    norm = block.get("advantage_norm")
+    if norm not in get_args(AdvantageNorm):
+        raise SPOConfigError(
+            f"spo_gym.advantage_norm={norm}: one of {', '.join(get_args(AdvantageNorm))}"
+        )
+    for key in ("max_turns", "sandbox_pool"):
+        value = block.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SPOConfigError(f"spo_gym.{key}={value}: must be an integer >= 1")
+    env = block.get("env")
+    if not isinstance(env, str) or not env:
+        raise SPOConfigError(f"spo_gym.env={env}: must name an env (e.g. retool)")
+    _check_settings(block, "tracker", TrackerConfig)
+    _check_settings(block, "sampler", SamplerConfig)
+
+
+def _plain(value: Any) -> Any:
+    """A config node as plain Python (the dataclasses compare and hash their fields)."""
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def _check_settings(block: Any, key: str, cls: type[TrackerConfig] | type[SamplerConfig]) -> None:
+    """``spo_gym.<key>`` must build ``cls``: an unknown or bad field fails here, not mid-run."""
+    settings = block.get(key)
+    if settings is None:
+        return
+    if not isinstance(settings, Mapping):
+        raise SPOConfigError(f"spo_gym.{key} must be a mapping of {cls.__name__} fields")
+    known = {f.name for f in fields(cls)}
+    values = {str(name): _plain(settings[name]) for name in settings}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SPOConfigError(
+            f"spo_gym.{key}.{unknown[0]}: not a {cls.__name__} setting ({', '.join(sorted(known))})"
+        )
+    try:
+        cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise SPOConfigError(f"spo_gym.{key}: {exc}") from None
