@@ -10,13 +10,12 @@ trainer mode calls it again when it is built.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields
-from typing import Any, Final, get_args
+from typing import Any, Final
 
 from omegaconf import DictConfig, OmegaConf
 
-from spo_core.config import AdvantageNorm, SamplerConfig, TrackerConfig
 from spo_core.verl.fields import AGENT_NAME, TRAINER_MODE
+from spo_core.verl.settings import SPOSettings, SPOSettingsError
 
 __all__ = ["REPLAY_BUFFER_NAME", "REPLAY_BUFFER_PATH", "SPOConfigError", "validate_spo_config"]
 
@@ -128,25 +127,11 @@ def _check_spo_gym(config: DictConfig) -> None:
         raise SPOConfigError(
             "no spo_gym block: compose from configs/verl (e.g. --config-name spo_qwen3_8b)"
         )
-    offline, cold_start = block.get("offline_values"), block.get("cold_start")
-    if not isinstance(cold_start, bool):
-        raise SPOConfigError(f"spo_gym.cold_start={cold_start}: must be true or false")
-    if offline and cold_start:
-        raise SPOConfigError(
-            "spo_gym.offline_values and spo_gym.cold_start=true contradict each other: "
-            "choose offline values or the no-offline-init ablation"
-        )
-    if not offline and not cold_start:
-        raise SPOConfigError(
-            "spo_gym.offline_values is unset: give an eval run's offline_values.jsonl of the "
-            "training prompts (spo-gym eval --dataset <train.parquet> -k 8), or set "
-            "spo_gym.cold_start=true for the no-offline-init ablation"
-        )
-    norm = block.get("advantage_norm")
-    if norm not in get_args(AdvantageNorm):
-        raise SPOConfigError(
-            f"spo_gym.advantage_norm={norm}: one of {', '.join(get_args(AdvantageNorm))}"
-        )
+    try:
+        # The files are checked where they are read (the trainer, on the cluster).
+        SPOSettings.from_config(config, check_files=False)
+    except SPOSettingsError as exc:
+        raise SPOConfigError(str(exc)) from None
     for key in ("max_turns", "sandbox_pool"):
         value = block.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -154,30 +139,3 @@ def _check_spo_gym(config: DictConfig) -> None:
     env = block.get("env")
     if not isinstance(env, str) or not env:
         raise SPOConfigError(f"spo_gym.env={env}: must name an env (e.g. retool)")
-    _check_settings(block, "tracker", TrackerConfig)
-    _check_settings(block, "sampler", SamplerConfig)
-
-
-def _plain(value: Any) -> Any:
-    """A config node as plain Python (the dataclasses compare and hash their fields)."""
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-
-
-def _check_settings(block: Any, key: str, cls: type[TrackerConfig] | type[SamplerConfig]) -> None:
-    """``spo_gym.<key>`` must build ``cls``: an unknown or bad field fails here, not mid-run."""
-    settings = block.get(key)
-    if settings is None:
-        return
-    if not isinstance(settings, Mapping):
-        raise SPOConfigError(f"spo_gym.{key} must be a mapping of {cls.__name__} fields")
-    known = {f.name for f in fields(cls)}
-    values = {str(name): _plain(settings[name]) for name in settings}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SPOConfigError(
-            f"spo_gym.{key}.{unknown[0]}: not a {cls.__name__} setting ({', '.join(sorted(known))})"
-        )
-    try:
-        cls(**values)
-    except (TypeError, ValueError) as exc:
-        raise SPOConfigError(f"spo_gym.{key}: {exc}") from None

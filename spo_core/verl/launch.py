@@ -306,7 +306,11 @@ def check_inputs(config: DictConfig) -> None:
                 )
     offline = OmegaConf.select(config, "spo_gym.offline_values")
     if offline and not Path(offline).is_file():
-        raise LaunchError(f"spo_gym.offline_values: {offline} does not exist")
+        raise LaunchError(
+            f"spo_gym.offline_values: {offline} does not exist; write it with `spo-gym eval "
+            "--dataset <train parquet> -k 8 --temperature 1.0` and pass its run folder's "
+            "offline_values.jsonl as --offline-values (or train with --ablation no_offline_init)"
+        )
 
 
 def _overrides(spec: LaunchSpec, model_path: str | None, defaults: DictConfig) -> list[str]:
@@ -337,9 +341,19 @@ def _overrides(spec: LaunchSpec, model_path: str | None, defaults: DictConfig) -
     if spec.offline_values is not None:
         offline = _absolute(spec.offline_values)
         overrides.append(f"spo_gym.offline_values={_quote(offline)}")
+    elif spec.method == "spo" and not (
+        spec.cold_start or defaults.spo_gym.cold_start or defaults.spo_gym.offline_values
+    ):
+        overrides.append(f"spo_gym.offline_values={_quote(str(default_offline_values(spec)))}")
     if spec.cold_start:
         overrides.append("spo_gym.cold_start=true")
     return [*overrides, *spec.overrides]
+
+
+def default_offline_values(spec: LaunchSpec) -> Path:
+    """Where SPO reads its offline values when none are given: ``<out>/offline_values.jsonl``
+    (a real launch refuses to start until that file exists)."""
+    return spec.out.expanduser().absolute() / "offline_values.jsonl"
 
 
 def build_launch(spec: LaunchSpec, *, prepare_model: bool = False) -> VerlLaunch:

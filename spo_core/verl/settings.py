@@ -71,9 +71,9 @@ class SPOSettings:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
     @classmethod
-    def from_config(cls, config: DictConfig) -> SPOSettings:
+    def from_config(cls, config: DictConfig, check_files: bool = True) -> SPOSettings:
         """Read and check the ``spo_gym`` block (absent: every default, which needs offline
-        values or ``cold_start``)."""
+        values or ``cold_start``); ``check_files`` also checks that the offline values exist."""
         block = config.get(BLOCK, None)
         raw: dict[str, Any] = (
             OmegaConf.to_container(block, resolve=True)  # type: ignore[assignment]
@@ -82,9 +82,7 @@ class SPOSettings:
         )
         norm = raw.get("advantage_norm", "sequence")
         if norm not in _NORMS:
-            raise SPOSettingsError(
-                f"{BLOCK}.advantage_norm must be one of {', '.join(_NORMS)}, got {norm!r}"
-            )
+            raise SPOSettingsError(f"{BLOCK}.advantage_norm={norm}: one of {', '.join(_NORMS)}")
         rho = _section(RhoConfig, raw.get("rho"), "rho", {"mode": "constant"})
         if rho.mode != "constant":
             raise SPOSettingsError(
@@ -92,14 +90,22 @@ class SPOSettings:
                 "prompt's stored last response, which verl's trainer never computes"
             )
         offline_values = raw.get("offline_values")
-        cold_start = bool(raw.get("cold_start", False))
-        if offline_values is None and not cold_start:
+        cold_start = raw.get("cold_start", False)
+        if not isinstance(cold_start, bool):
+            raise SPOSettingsError(f"{BLOCK}.cold_start={cold_start}: must be true or false")
+        if offline_values and cold_start:
             raise SPOSettingsError(
-                f"{BLOCK}.offline_values is not set: give an offline_values.jsonl of the "
-                f"training prompts (spo-gym eval … -k 8) or set {BLOCK}.cold_start=true"
+                f"{BLOCK}.offline_values and {BLOCK}.cold_start=true contradict each other: "
+                "choose offline values or the no-offline-init ablation"
             )
-        path = Path(offline_values) if offline_values is not None else None
-        if path is not None and not path.is_file():
+        if not offline_values and not cold_start:
+            raise SPOSettingsError(
+                f"{BLOCK}.offline_values is unset: give an eval run's offline_values.jsonl of the "
+                "training prompts (spo-gym eval --dataset <train.parquet> -k 8), or set "
+                f"{BLOCK}.cold_start=true for the no-offline-init ablation"
+            )
+        path = Path(offline_values) if offline_values else None
+        if check_files and path is not None and not path.is_file():
             raise SPOSettingsError(f"{BLOCK}.offline_values: no such file {path}")
         return cls(
             offline_values=path,

@@ -94,6 +94,11 @@ class SPOTrainer(PPOTrainerColocateAsync):
         self._uid_keys: dict[str, str] = {}
         super().__init__(config)
 
+    def on_train_begin(self) -> None:
+        # The colocated parent reads its own block (trainer.v1.colocate_async); this mode's
+        # prefetch window is trainer.v1.spo.num_warmup_batches.
+        self._add_async_warmup_batches(self.config.trainer.v1[TRAINER_MODE].num_warmup_batches)
+
     # ------------------------------------------------------------------ §6: prompt choice
     def _init_dataloader(self) -> None:
         super()._init_dataloader()

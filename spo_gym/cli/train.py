@@ -292,7 +292,14 @@ def _verl_overrides(
 
 def _train_verl(spec: LaunchSpec, ablation: str, dry_run: bool) -> None:
     """Build the verl launch of ``spec``; print it (``dry_run``) or run it."""
-    from spo_core.verl.launch import LaunchError, build_launch, run_launch
+    from omegaconf import OmegaConf
+
+    from spo_core.verl.launch import (
+        LaunchError,
+        build_launch,
+        default_offline_values,
+        run_launch,
+    )
 
     try:
         launch = build_launch(spec, prepare_model=not dry_run)
@@ -314,6 +321,13 @@ def _train_verl(spec: LaunchSpec, ablation: str, dry_run: bool) -> None:
             "command runs on the head node and joins that cluster"
         )
     if dry_run:
+        offline = OmegaConf.select(launch.config, "spo_gym.offline_values")
+        if spec.offline_values is None and offline == str(default_offline_values(spec)):
+            console.print(
+                f"SPO starts its tracker from {default_offline_values(spec)}, which the launch "
+                "needs: `spo-gym eval --dataset <train parquet> -k 8 --temperature 1.0` writes "
+                "it (or pass --offline-values, or --ablation no_offline_init)"
+            )
         print(f"# configs/verl/{spec.config}.yaml composed with the command's overrides")
         print(launch.config_yaml, end="")
         console.print("verl launch command:")

@@ -88,38 +88,26 @@ ComposeFn = Callable[..., object]
 
 @pytest.fixture
 def spo_config(tmp_path: Path, nano_folder: Path) -> Callable[..., object]:
-    """Compose verl's own ``ppo_trainer`` config set up for the ``spo`` trainer mode."""
-    from hydra import compose, initialize_config_module
+    """The shipped ``configs/verl/spo_smoke.yaml``, pointed at a small training set."""
+    from spo_core.verl.launch import compose_config
 
     def make(n_prompts: int = 12, extra: tuple[str, ...] = (), offline: dict | None = None):
         train = tmp_path / "train.parquet"
         keys = write_training_set(train, n_prompts)
         overrides = [
-            "algorithm.adv_estimator=spo",
-            "trainer.v1.trainer_mode=spo",
-            "+trainer.v1.spo.num_warmup_batches=1",
-            "data.gen_batch_size=1",
             "data.train_batch_size=4",
             f"data.train_files={train}",
             f"data.val_files={train}",
             "data.dataloader_num_workers=0",
             f"actor_rollout_ref.model.path={nano_folder}",
-            "actor_rollout_ref.rollout.n=1",
-            "trainer.v1.sampler.max_off_policy_strategy=wait",
-            "+trainer.v1.sampler.custom_sampler.path=pkg://spo_core.verl.replay_buffer",
-            "+trainer.v1.sampler.custom_sampler.name=SPOReplayBuffer",
             f"trainer.default_local_dir={tmp_path / 'checkpoints'}",
         ]
-        if offline is None:
-            overrides.append("+spo_gym.cold_start=true")
-        else:
+        if offline is not None:
             path = tmp_path / "offline_values.jsonl"
             path.write_text(
                 "".join(json.dumps({"key": k, "scores": s}) + "\n" for k, s in offline.items())
             )
-            overrides.append(f"+spo_gym.offline_values={path}")
-        with initialize_config_module(config_module="verl.trainer.config", version_base=None):
-            config = compose(config_name="ppo_trainer", overrides=[*overrides, *extra])
-        return config, keys
+            overrides += ["spo_gym.cold_start=false", f"spo_gym.offline_values={path}"]
+        return compose_config("spo_smoke", [*overrides, *extra]), keys
 
     return make

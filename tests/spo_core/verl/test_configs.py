@@ -181,7 +181,7 @@ REFUSALS = [
     ({"spo_gym__sampler": {"mode": "greedy"}}, "sampling mode must be"),
     (
         {"spo_gym__sampler": {"temperature": 1.0}},
-        "spo_gym.sampler.temperature: not a SamplerConfig",
+        "spo_gym.sampler: unknown setting 'temperature'",
     ),
     ({"spo_gym__tracker": {"prior_count": 0}}, "prior_count must be > 0"),
 ]

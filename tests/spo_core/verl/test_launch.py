@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import DictConfig
 from typer.testing import CliRunner
 
 from spo_core.verl.data import parse_source, prepare
@@ -70,14 +71,37 @@ def test_the_dry_run_prints_the_composed_config_and_a_valid_launch(
 
 
 def test_spo_needs_offline_values_or_the_cold_start_ablation(tmp_path: Path) -> None:
-    code, _, err = _dry_run("--out", str(tmp_path))
-    assert code == 2 and "spo_gym.offline_values is unset" in err and "Traceback" not in err
+    # Bare, the dry run prints the launch reading <out>/offline_values.jsonl and says how to
+    # write it; the launch itself refuses to start until that file exists.
+    code, lines, err = _dry_run("--out", str(tmp_path))
+    assert code == 0, err
+    config, command, _ = _parts(lines)
+    expected = str(tmp_path / "offline_values.jsonl")
+    assert config["spo_gym"]["offline_values"] == expected
+    assert f"spo_gym.offline_values={expected}" in command
+    assert "spo-gym eval --dataset" in " ".join(err.split())
+    from spo_core.verl.launch import LaunchError, check_inputs
+
+    with pytest.raises(LaunchError, match=r"offline_values\.jsonl does not exist; write it with"):
+        check_inputs(_with_data(config, tmp_path))
     code, lines, err = _dry_run("--ablation", "no_offline_init", "--out", str(tmp_path))
     assert code == 0, err
     config, command, _ = _parts(lines)
     assert config["spo_gym"]["cold_start"] is True and "spo_gym.cold_start=true" in command
     code, _, err = _dry_run("--offline-values", str(tmp_path / "none.jsonl"), "--out", "x")
     assert code == 2 and "does not exist" in err
+
+
+def _with_data(config: dict, folder: Path) -> DictConfig:
+    """``config`` with data files that exist, so only the offline values are missing."""
+    from omegaconf import OmegaConf
+
+    data = folder / "train.parquet"
+    data.write_bytes(b"")
+    composed = OmegaConf.create(config)
+    composed.data.train_files = [str(data)]
+    composed.data.val_files = [str(data)]
+    return composed
 
 
 def test_the_flag_table_reaches_verl(offline_values: Path, tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ from transfer_queue import KVBatchMeta
 
 from spo_core.advantages import spo_advantages
 from spo_core.config import AdvantageConfig
+from spo_core.verl.checks import SPOConfigError
 from spo_core.verl.prompt_state import PromptStateError
-from spo_core.verl.settings import SPOSettingsError
 from spo_core.verl.trainer import SPOTrainer
 from tests.spo_core.verl.queue_rows import (
     TRAIN,
@@ -53,7 +53,7 @@ def test_advantage_hook_equals_spo_core_and_updates_only_trained_prompts(
     spo_config: Any, norm: str
 ) -> None:
     offline = {f"train/{i:03d}": [1.0, 0.0, float(i % 3 == 0)] for i in range(12)}
-    config, keys = spo_config(extra=(f"+spo_gym.advantage_norm={norm}",), offline=offline)
+    config, keys = spo_config(extra=(f"spo_gym.advantage_norm={norm}",), offline=offline)
     trainer = build(config)
     state = trainer.prompts
     assert state is not None
@@ -74,10 +74,16 @@ def test_advantage_hook_equals_spo_core_and_updates_only_trained_prompts(
     width = max(lengths)
     mask = torch.tensor([token_mask(n) + [0] * (width - n) for n in lengths])
     expected = spo_advantages(rewards, baselines, mask, AdvantageConfig(norm=norm))  # type: ignore[arg-type]
-    stored = tq.kv_batch_get(keys=batch.keys, partition_id=TRAIN, select_fields=["advantages"])
+    stored = tq.kv_batch_get(
+        keys=batch.keys, partition_id=TRAIN, select_fields=["advantages", "rollout_is_weights"]
+    )
     torch.testing.assert_close(
         as_padded(stored["advantages"], width), expected.token, rtol=0, atol=1e-6
     )
+    # Truncated importance weights π_old / π_sampler (configs/verl/method/spo.yaml) on model tokens.
+    weights = as_padded(stored["rollout_is_weights"], width)
+    expected_w = torch.exp(torch.tensor(-0.45 + 0.5)) * mask
+    torch.testing.assert_close(weights * mask, expected_w.float(), rtol=0, atol=1e-6)
     # The tracker moved exactly the trained prompts, by the Beta update with constant ρ.
     after = state.tracker.state_dict()["stats"]
     rows = state.tracker.rows(trained)
@@ -158,15 +164,15 @@ def test_resume_with_another_training_set_is_refused(spo_config: Any) -> None:
 @pytest.mark.parametrize(
     ("override", "match"),
     [
-        ("~spo_gym", "offline_values is not set"),
-        ("+spo_gym.rho.mode=kl", "rho.mode must be constant"),
-        ("+spo_gym.tracker.modes=beta", "unknown setting 'modes'"),
-        ("+spo_gym.advantage_norm=group", "advantage_norm must be one of"),
+        ("spo_gym.cold_start=false", "offline_values is unset"),
+        ("++spo_gym.rho.mode=kl", "rho.mode must be constant"),
+        ("++spo_gym.tracker.modes=beta", "unknown setting 'modes'"),
+        ("spo_gym.advantage_norm=group", "advantage_norm=group: one of"),
     ],
 )
 def test_bad_spo_settings_are_one_line_errors(spo_config: Any, override: str, match: str) -> None:
     config, _ = spo_config(extra=(override,))
-    with pytest.raises(SPOSettingsError, match=match):
+    with pytest.raises(SPOConfigError, match=match):
         SPOTrainer(config)
 
 
