@@ -6,3 +6,5 @@ surfaces them.
 """
 
 from __future__ import annotations
+
+from spo_core.verl import agent_loop  # noqa: F401  (registers the spo_gym_tool_agent loop)
