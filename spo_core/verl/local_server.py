@@ -11,6 +11,11 @@ agent loop as its ``server_manager``, to run and debug agent loops where no GPU 
     worker = AgentLoopWorker(config, server)
     output = await worker.generate_sequences(batch)
 
+Made from a policy *factory* (as :meth:`LocalLLMServerClient.from_pretrained` does), the client
+pickles without its model and loads it on first use in the process that uses it, so verl's
+``AgentLoopManager`` can hand it to its Ray ``AgentLoopWorker`` actors: each serves its own copy.
+A client made from a live policy stays in its process.
+
 It behaves like verl's vLLM server: ``max_tokens`` defaults to
 ``min(response_length, prompt_length + response_length - len(prompt_ids))`` and is clamped to
 the model's context; ``logprobs`` asks for the sampled tokens' log-probs; the stop reason is
@@ -23,8 +28,9 @@ rejected, not ignored.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from omegaconf import DictConfig
@@ -33,7 +39,10 @@ from verl.workers.rollout.replica import TokenOutput
 
 from agents.policy import Policy, SamplingParams
 
-__all__ = ["LocalLLMServerClient"]
+__all__ = ["LocalLLMServerClient", "PolicyFactory"]
+
+PolicyFactory = Callable[[], Policy]
+"""Makes the served policy (a picklable callable, e.g. a ``functools.partial``)."""
 
 # Sampling keys the policy has no knob for: accepted only with these (neutral) values.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
@@ -56,33 +65,60 @@ _KNOWN = {
 
 
 class LocalLLMServerClient(LLMServerClient):
-    """A :class:`verl.workers.rollout.llm_server.LLMServerClient` whose server is ``policy``.
+    """A :class:`verl.workers.rollout.llm_server.LLMServerClient` whose server is a policy.
 
     Args:
-        policy: samples the tokens (safe to call from concurrent episodes on one event loop).
+        policy: samples the tokens (safe to call from concurrent episodes on one event loop),
+            or a :data:`PolicyFactory` that makes it on first use (see the module docstring).
         config: the composed verl config (``actor_rollout_ref.rollout``'s ``prompt_length``,
             ``response_length`` and ``max_model_len`` are read).
     """
 
-    def __init__(self, policy: Policy, config: DictConfig) -> None:
+    def __init__(self, policy: Policy | PolicyFactory, config: DictConfig) -> None:
         # No load balancer: the one server is in this process (verl's default is None too).
         super().__init__(config=config, load_balancer_handle=None)  # type: ignore[arg-type]
         rollout = config.actor_rollout_ref.rollout
-        self.policy = policy
+        self._policy: Policy | None = None
+        self._factory: PolicyFactory | None = None
+        if isinstance(policy, Policy):
+            self._policy = policy
+        else:
+            self._factory = policy
         self.prompt_length = int(rollout.prompt_length)
         self.response_length = int(rollout.response_length)
-        limits = [n for n in (rollout.get("max_model_len"), policy.max_context_tokens) if n]
-        self.max_model_len: int | None = min(int(n) for n in limits) if limits else None
+        self._max_model_len = rollout.get("max_model_len")
 
     @classmethod
     def from_pretrained(
         cls, model: str | os.PathLike[str], config: DictConfig, **policy_kwargs: Any
     ) -> LocalLLMServerClient:
         """Serve an embedded model by name (``"smollm2-135m"``) or a local HF folder with
-        :class:`agents.hf_policy.HFPolicy` (keyword arguments go to it)."""
+        :class:`agents.hf_policy.HFPolicy` (keyword arguments go to it), loaded on first use."""
         from agents.hf_policy import HFPolicy
 
-        return cls(HFPolicy.from_pretrained(model, **policy_kwargs), config)
+        return cls(functools.partial(HFPolicy.from_pretrained, str(model), **policy_kwargs), config)
+
+    @property
+    def policy(self) -> Policy:
+        """The served policy (made by the factory on first use in this process)."""
+        if self._policy is None:
+            assert self._factory is not None
+            self._policy = self._factory()
+        return self._policy
+
+    @property
+    def max_model_len(self) -> int | None:
+        """Most prompt plus generated tokens: ``rollout.max_model_len`` and the model's."""
+        limits = [n for n in (self._max_model_len, self.policy.max_context_tokens) if n]
+        return min(int(n) for n in limits) if limits else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._factory is None:
+            raise TypeError(
+                "a LocalLLMServerClient made from a live policy cannot leave its process; "
+                "make it from a policy factory (from_pretrained) to send it to Ray workers"
+            )
+        return {**self.__dict__, "_policy": None}
 
     async def generate(
         self,

@@ -15,6 +15,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -27,7 +29,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import pytest_asyncio
+import ray
 import torch
+import transfer_queue as tq
+import verl
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -39,6 +44,8 @@ from verl.experimental.agent_loop.agent_loop import (
     ToolListWrap,
     _agent_loop_registry,
 )
+from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ
+from verl.utils import tensordict_utils as tu
 from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.rollout.replica import TokenOutput as VerlTokenOutput
@@ -46,7 +53,7 @@ from verl.workers.rollout.replica import TokenOutput as VerlTokenOutput
 from agents.hf_policy import HFPolicy
 from agents.policy import SamplingParams, TokenOutput
 from envs.tasks import Task, Tier
-from sandbox.reaper import LABEL_POOL
+from sandbox.reaper import LABEL_OWNER, LABEL_POOL
 from spo_core.verl.agent_loop import SPOGymAgentLoop
 from spo_core.verl.fields import AGENT_NAME, SPOExtraFields
 from spo_core.verl.gym_config import GymConfigError, SPOGymConfig, resolve_env_id
@@ -68,8 +75,6 @@ CODE = "<code>\n```python\n{}\n```\n</code>"
 @pytest.fixture(scope="module")
 def base_config(ci_nano: Path) -> DictConfig:
     """verl's ppo_trainer config, composed by Hydra, sized for the CI nano model."""
-    import verl
-
     config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
         return compose(
@@ -183,6 +188,16 @@ def dataset_row(task: Task, index: int, env: str = "retoolnano") -> dict[str, An
             "split": "train",
         },
     }
+
+
+def dataset_items(
+    rows: list[dict[str, Any]], config: DictConfig, tokenizer: PreTrainedTokenizerBase, tmp: Path
+) -> dict[str, Any]:
+    """The rows written to parquet, read by verl's RLHFDataset and collated as its loader does."""
+    path = tmp / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    dataset = RLHFDataset(str(path), tokenizer, config.data)
+    return collate_fn([dataset[i] for i in range(len(rows))])
 
 
 def verl_kwargs(task: Task, index: int = 0, **extra: Any) -> dict[str, Any]:
@@ -344,15 +359,12 @@ async def test_nano_episodes_through_verls_agent_loop_worker(
     with open_dict(config):
         config.actor_rollout_ref.rollout.temperature = 0  # the CI nano calls its tool greedily
     rows = [dataset_row(task, i) for i, task in enumerate(tasks(3))]
-    data = tmp_path / "train.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), data)
     policy = HFPolicy.from_pretrained(ci_nano, num_threads=1, seed=0)
     server = RecordingServer(policy, config)
     try:
         worker = AgentLoopWorker(config, server)
-        dataset = RLHFDataset(str(data), worker.tokenizer, config.data)
-        batch = DataProto.from_single_dict(collate_fn([dataset[i] for i in range(len(rows))]))
-        out = await worker.generate_sequences(batch)
+        items = dataset_items(rows, config, worker.tokenizer, tmp_path)
+        out = await worker.generate_sequences(DataProto.from_single_dict(items))
     finally:
         await policy.aclose()
     b = len(rows)
@@ -428,7 +440,7 @@ async def test_outputs_round_trip_into_transfer_queue_fields(
         assert td["responses"][i].shape == (n,) and td["rollout_log_probs"][i].shape == (n,)
         assert td["rm_scores"][i][-1].item() == td["rm_scores"][i].sum().item()
         mask = td["response_mask"][i].bool()
-        assert (td["rollout_log_probs"][i][mask] < 0).all()  # requested whatever verl says
+        assert (td["rollout_log_probs"][i][mask] <= 0).all()  # requested whatever verl says
         assert not td["rollout_log_probs"][i][~mask].any()
         extra = td[i]["extra_fields"]
         check_extra_fields(extra)
@@ -436,6 +448,73 @@ async def test_outputs_round_trip_into_transfer_queue_fields(
         assert (extra["min_global_steps"], extra["max_global_steps"]) == (0, 0)
         assert extra["spo_prompt_key"] == td[i]["prompt_key"] == field["prompt_key"]
         assert extra["spo_finished_at"] > 0 and not extra["spo_masked"]
+
+
+@pytest.mark.docker
+def test_v1_agent_loop_workers_put_episodes_into_transfer_queue(
+    ray_cluster: str,
+    base_config: DictConfig,
+    ci_nano: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    tmp_path: Path,
+) -> None:
+    """verl's V1 path: AgentLoopManagerTQ's Ray actors (where ``import verl`` registers the
+    loop) load the local server's model and play the rows against Docker; each finished
+    episode lands in TransferQueue with its staleness tags, as the V1 trainer dispatches."""
+    config = with_block(base_config)
+    with open_dict(config):
+        config.actor_rollout_ref.rollout.agent.num_workers = 1
+        config.transfer_queue.backend.SimpleStorage.num_data_storage_units = 1
+        config.transfer_queue.backend.SimpleStorage.total_storage_size = 64
+    rows = [dataset_row(task, i) for i, task in enumerate(tasks(2))]
+    items = dataset_items(rows, config, tokenizer, tmp_path)
+    items["uid"] = np.array([str(uuid.uuid4()) for _ in rows], dtype=object)
+    batch = tu.get_tensordict(items)
+    tu.assign_non_tensor_data(batch, "global_steps", 3)
+    uids = list(batch["uid"])
+    tq.init(config.transfer_queue)
+    try:
+        server = LocalLLMServerClient.from_pretrained(ci_nano, config, num_threads=1, seed=0)
+        manager = AgentLoopManagerTQ.create(config, llm_client=server)
+        (worker,) = manager.agent_loop_workers
+        tags = [{"is_prompt": True, "status": "pending", "global_steps": 3} for _ in uids]
+        tq.kv_batch_put(keys=uids, partition_id="train", tags=tags)
+        manager.generate_sequences(batch)
+        deadline = time.monotonic() + 300
+        while True:
+            listing = tq.kv_list("train")["train"]
+            if all(listing[u]["status"] in ("finished", "failure") for u in uids):
+                break
+            assert time.monotonic() < deadline, listing
+            time.sleep(0.2)
+        keys = [f"{u}_0_0" for u in uids]  # uid, sample of rollout.n, output of the loop
+        assert [listing[u]["status"] for u in uids] == ["finished", "finished"]
+        fields = ["responses", "response_mask", "rollout_log_probs", "rm_scores", "extra_fields"]
+        data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=fields)
+        for i, key in enumerate(keys):
+            tag = listing[key]
+            assert tag["status"] == "success" and tag["global_steps"] == 3
+            assert (tag["min_global_steps"], tag["max_global_steps"]) == (0, 0)
+            assert tag["response_len"] == len(data["responses"][i]) <= RESPONSE_LENGTH
+            mask = data["response_mask"][i].bool()
+            assert not data["rollout_log_probs"][i][~mask].any()
+            extra = data[i]["extra_fields"]
+            check_extra_fields(extra)
+            assert extra["spo_prompt_key"] == rows[i]["prompt_key"]
+            assert data["rm_scores"][i].sum().item() == extra["reward_extra_info"]["acc"]
+        # A graceful exit removes the worker's sandbox containers (atexit).
+        pid = ray.get(worker.__ray_call__.remote(lambda self: os.getpid()))
+        ray.wait([worker.__ray_terminate__.remote()], timeout=60)  # it ends by dying
+    finally:
+        tq.close()
+    client = docker.from_env()
+    owned = {"label": LABEL_OWNER}
+    deadline = time.monotonic() + 30
+    while any(
+        f":{pid}:" in c.labels.get(LABEL_OWNER, "") for c in client.containers.list(filters=owned)
+    ):
+        assert time.monotonic() < deadline, "the worker's sandbox containers outlived it"
+        time.sleep(0.5)
 
 
 @pytest.mark.docker
