@@ -4,6 +4,8 @@
 - :mod:`spo_core.verl.replay_buffer`: batches are the first B finished, unmasked trajectories.
 - :mod:`spo_core.verl.trainer`: the ``spo`` single-stream trainer mode (``@register_trainer``).
 - :mod:`spo_core.verl.agent_loop`: the ``spo_gym_tool_agent`` agent loop (``@register``).
+- :mod:`spo_core.verl.local_server`: verl's ``server_manager`` served by a local policy, so
+  agent loops run on a CPU.
 - :mod:`spo_core.verl.plugin`: registers all of them; loaded by ``import verl`` in every Ray
   process through the ``verl.plugins`` entry-point group.
 

@@ -7,5 +7,5 @@ surfaces them.
 
 from __future__ import annotations
 
-import spo_core.verl.advantage
-import spo_core.verl.trainer  # noqa: F401
+# Each import registers one thing with verl.
+from spo_core.verl import advantage, agent_loop, trainer  # noqa: F401
