@@ -15,6 +15,7 @@ from typing import Any, Final
 from omegaconf import DictConfig, OmegaConf
 
 from spo_core.verl.fields import AGENT_NAME, TRAINER_MODE
+from spo_core.verl.gym_config import GymConfigError, SPOGymConfig
 from spo_core.verl.settings import SPOSettings, SPOSettingsError
 
 __all__ = ["REPLAY_BUFFER_NAME", "REPLAY_BUFFER_PATH", "SPOConfigError", "validate_spo_config"]
@@ -128,14 +129,9 @@ def _check_spo_gym(config: DictConfig) -> None:
             "no spo_gym block: compose from configs/verl (e.g. --config-name spo_qwen3_8b)"
         )
     try:
-        # The files are checked where they are read (the trainer, on the cluster).
+        # The agent loop's part of the block, then the trainer's (whose files are checked where
+        # they are read: by the trainer, on the cluster).
+        SPOGymConfig.from_verl(config)
         SPOSettings.from_config(config, check_files=False)
-    except SPOSettingsError as exc:
+    except (GymConfigError, SPOSettingsError) as exc:
         raise SPOConfigError(str(exc)) from None
-    for key in ("max_turns", "sandbox_pool"):
-        value = block.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SPOConfigError(f"spo_gym.{key}={value}: must be an integer >= 1")
-    env = block.get("env")
-    if not isinstance(env, str) or not env:
-        raise SPOConfigError(f"spo_gym.env={env}: must name an env (e.g. retool)")

@@ -177,7 +177,7 @@ REFUSALS = [
     ({"spo_gym__offline_values": "/x.jsonl"}, "contradict each other"),
     ({"spo_gym__cold_start": False}, "offline_values is unset"),
     ({"spo_gym__advantage_norm": "group"}, "advantage_norm=group"),
-    ({"spo_gym__max_turns": 0}, "max_turns=0"),
+    ({"spo_gym__max_turns": 0}, "max_turns must be an integer >= 1, got 0"),
     ({"spo_gym__sampler": {"mode": "greedy"}}, "sampling mode must be"),
     (
         {"spo_gym__sampler": {"temperature": 1.0}},
