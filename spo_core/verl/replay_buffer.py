@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +36,21 @@ logger = logging.getLogger(__name__)
 TRAIN = "train"
 
 
+# A batch may take up to 4 replaced episodes per trained one before sampling gives up.
+MIN_REPLACE_LIMIT = 32
+REPLACE_FACTOR = 4
+
+
 class ReplayBufferConfigError(ValueError):
     """The replay buffer was configured in a way that is not SPO."""
+
+
+class ReplayBufferStalled(RuntimeError):
+    """Episodes keep failing or being masked: no batch can form."""
+
+
+def _listing(counts: Counter[str]) -> str:
+    return ", ".join(f"{n}× {reason}" for reason, n in counts.most_common())
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,7 @@ class Finished:
 
     masked: bool
     finished_at: float
+    reason: str  # why it was masked ("" if it was not)
 
 
 class SPOReplayBuffer(ReplayBufferAsync):
@@ -66,33 +81,46 @@ class SPOReplayBuffer(ReplayBufferAsync):
             raise ReplayBufferConfigError("SPOReplayBuffer needs the trainer's refill_fn")
         # Finished trajectories never change, so each prompt's flags are read once.
         self._finished: dict[str, Finished] = {}
+        self._replaced = 0  # episodes failed or masked since the last batch
+        self._replace_limit = MIN_REPLACE_LIMIT
 
     def sample(
         self, global_steps: int, partition_id: str, batch_size: int
     ) -> tuple[KVBatchMeta, dict[str, Any]]:
-        """The first ``batch_size`` finished, unmasked trajectories (blocks until there are)."""
+        """The first ``batch_size`` finished, unmasked trajectories (blocks until there are).
+
+        Raises:
+            ReplayBufferStalled: more than ``max(32, 4·batch_size)`` episodes were failed or
+                masked since the last batch — every refill is failing, so waiting is endless.
+        """
         if partition_id != TRAIN:
             return super().sample(global_steps, partition_id, batch_size)
+        self._replace_limit = max(MIN_REPLACE_LIMIT, REPLACE_FACTOR * batch_size)
+        metrics: dict[str, Any] = {}
         masked_total = 0
         waited_from = time.monotonic()
         while True:
             # 1. Failed and stale groups go (verl's eviction), each replaced by a fresh prompt.
-            sampleable, metrics = self.wait_for_sampleable(global_steps, partition_id, batch_size)
+            sampleable, evicted = self.wait_for_sampleable(global_steps, partition_id, batch_size)
+            for name, value in evicted.items():
+                metrics[name] = metrics.get(name, 0) + value
             # 2. Masked episodes go too, and are replaced the same way.
             masked = self._masked(partition_id, sampleable)
-            if masked:
-                self._clear_groups(partition_id, masked)
-                for uid in masked:
-                    self._finished.pop(uid, None)
-                self.refill_fn(len(masked))
-                masked_total += len(masked)
-                continue
-            break
+            if not masked:
+                break
+            reasons = Counter(self._finished[uid].reason for uid in masked)
+            self._clear_groups(partition_id, masked)
+            for uid in masked:
+                self._finished.pop(uid, None)
+            masked_total += len(masked)
+            self._count_replaced(len(masked), f"masked ({_listing(reasons)})")
+            self.refill_fn(len(masked))
         # 3. The B earliest finished.
         chosen = sorted(sampleable, key=lambda uid: (self._finished[uid].finished_at, uid))
         chosen = chosen[:batch_size]
         for uid in chosen:
             self._finished.pop(uid, None)
+        self._replaced = 0
         snapshot = dict(self.partitions[partition_id])
         metrics.update(
             {
@@ -102,6 +130,25 @@ class SPOReplayBuffer(ReplayBufferAsync):
             }
         )
         return self._materialize_batch(partition_id, chosen, snapshot), metrics
+
+    def _evict_terminal_groups(
+        self, global_steps: int, partition_id: str, eviction_reasons: Any
+    ) -> tuple[set[str], int, int, dict[str, Any]]:
+        evicted = super()._evict_terminal_groups(global_steps, partition_id, eviction_reasons)
+        failed = eviction_reasons[2]
+        if partition_id == TRAIN and failed:
+            self._count_replaced(
+                len(failed), "failed in the agent loop (the errors are in its workers' logs)"
+            )
+        return evicted
+
+    def _count_replaced(self, n: int, why: str) -> None:
+        self._replaced += n
+        if self._replaced > self._replace_limit:
+            raise ReplayBufferStalled(
+                f"{self._replaced} episodes since the last batch were replaced instead of "
+                f"trained, the last {n} {why}; stopping rather than refilling forever"
+            )
 
     def _masked(self, partition_id: str, uids: set[str]) -> set[str]:
         """Of the finished prompts ``uids``, those whose episode was masked."""
@@ -120,7 +167,11 @@ class SPOReplayBuffer(ReplayBufferAsync):
         for uid in uids:
             outputs = per_uid.get(uid, [])
             # An agent loop may write several outputs per episode; any masked one masks it.
+            masked = [o for o in outputs if o.get("spo_masked", False)] or (
+                [] if outputs else [{"spo_mask_reason": "no output"}]
+            )
             self._finished[uid] = Finished(
-                masked=not outputs or any(bool(o.get("spo_masked", False)) for o in outputs),
+                masked=bool(masked),
                 finished_at=max((float(o.get("spo_finished_at", 0.0)) for o in outputs), default=0),
+                reason=str(masked[0].get("spo_mask_reason", "")) if masked else "",
             )

@@ -49,7 +49,7 @@ def put_prompt(uid: str, prompt_key: str, status: str, global_steps: int = 1) ->
         )
 
 
-def put_episode(episode: Episode) -> str:
+def put_episode(episode: Episode, reason: str = "") -> str:
     """Write a finished trajectory and mark its prompt finished; returns its key."""
     n = len(episode.response_mask)
     output = AgentLoopOutput(
@@ -64,6 +64,7 @@ def put_episode(episode: Episode) -> str:
             "spo_masked": episode.masked,
             "spo_finished_at": episode.finished_at,
             "spo_prompt_key": episode.prompt_key,
+            "spo_mask_reason": reason,
         },
     )
     field = output.as_dict()

@@ -452,7 +452,7 @@ async def test_outputs_round_trip_into_transfer_queue_fields(
 
 @pytest.mark.docker
 def test_v1_agent_loop_workers_put_episodes_into_transfer_queue(
-    ray_cluster: str,
+    clean_queue: None,
     base_config: DictConfig,
     ci_nano: Path,
     tokenizer: PreTrainedTokenizerBase,
@@ -464,49 +464,43 @@ def test_v1_agent_loop_workers_put_episodes_into_transfer_queue(
     config = with_block(base_config)
     with open_dict(config):
         config.actor_rollout_ref.rollout.agent.num_workers = 1
-        config.transfer_queue.backend.SimpleStorage.num_data_storage_units = 1
-        config.transfer_queue.backend.SimpleStorage.total_storage_size = 64
     rows = [dataset_row(task, i) for i, task in enumerate(tasks(2))]
     items = dataset_items(rows, config, tokenizer, tmp_path)
     items["uid"] = np.array([str(uuid.uuid4()) for _ in rows], dtype=object)
     batch = tu.get_tensordict(items)
     tu.assign_non_tensor_data(batch, "global_steps", 3)
     uids = list(batch["uid"])
-    tq.init(config.transfer_queue)
-    try:
-        server = LocalLLMServerClient.from_pretrained(ci_nano, config, num_threads=1, seed=0)
-        manager = AgentLoopManagerTQ.create(config, llm_client=server)
-        (worker,) = manager.agent_loop_workers
-        tags = [{"is_prompt": True, "status": "pending", "global_steps": 3} for _ in uids]
-        tq.kv_batch_put(keys=uids, partition_id="train", tags=tags)
-        manager.generate_sequences(batch)
-        deadline = time.monotonic() + 300
-        while True:
-            listing = tq.kv_list("train")["train"]
-            if all(listing[u]["status"] in ("finished", "failure") for u in uids):
-                break
-            assert time.monotonic() < deadline, listing
-            time.sleep(0.2)
-        keys = [f"{u}_0_0" for u in uids]  # uid, sample of rollout.n, output of the loop
-        assert [listing[u]["status"] for u in uids] == ["finished", "finished"]
-        fields = ["responses", "response_mask", "rollout_log_probs", "rm_scores", "extra_fields"]
-        data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=fields)
-        for i, key in enumerate(keys):
-            tag = listing[key]
-            assert tag["status"] == "success" and tag["global_steps"] == 3
-            assert (tag["min_global_steps"], tag["max_global_steps"]) == (0, 0)
-            assert tag["response_len"] == len(data["responses"][i]) <= RESPONSE_LENGTH
-            mask = data["response_mask"][i].bool()
-            assert not data["rollout_log_probs"][i][~mask].any()
-            extra = data[i]["extra_fields"]
-            check_extra_fields(extra)
-            assert extra["spo_prompt_key"] == rows[i]["prompt_key"]
-            assert data["rm_scores"][i].sum().item() == extra["reward_extra_info"]["acc"]
-        # A graceful exit removes the worker's sandbox containers (atexit).
-        pid = ray.get(worker.__ray_call__.remote(lambda self: os.getpid()))
-        ray.wait([worker.__ray_terminate__.remote()], timeout=60)  # it ends by dying
-    finally:
-        tq.close()
+    server = LocalLLMServerClient.from_pretrained(ci_nano, config, num_threads=1, seed=0)
+    manager = AgentLoopManagerTQ.create(config, llm_client=server)
+    (worker,) = manager.agent_loop_workers
+    tags = [{"is_prompt": True, "status": "pending", "global_steps": 3} for _ in uids]
+    tq.kv_batch_put(keys=uids, partition_id="train", tags=tags)
+    manager.generate_sequences(batch)
+    deadline = time.monotonic() + 300
+    while True:
+        listing = tq.kv_list("train")["train"]
+        if all(listing[u]["status"] in ("finished", "failure") for u in uids):
+            break
+        assert time.monotonic() < deadline, listing
+        time.sleep(0.2)
+    keys = [f"{u}_0_0" for u in uids]  # uid, sample of rollout.n, output of the loop
+    assert [listing[u]["status"] for u in uids] == ["finished", "finished"]
+    fields = ["responses", "response_mask", "rollout_log_probs", "rm_scores", "extra_fields"]
+    data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=fields)
+    for i, key in enumerate(keys):
+        tag = listing[key]
+        assert tag["status"] == "success" and tag["global_steps"] == 3
+        assert (tag["min_global_steps"], tag["max_global_steps"]) == (0, 0)
+        assert tag["response_len"] == len(data["responses"][i]) <= RESPONSE_LENGTH
+        mask = data["response_mask"][i].bool()
+        assert not data["rollout_log_probs"][i][~mask].any()
+        extra = data[i]["extra_fields"]
+        check_extra_fields(extra)
+        assert extra["spo_prompt_key"] == rows[i]["prompt_key"]
+        assert data["rm_scores"][i].sum().item() == extra["reward_extra_info"]["acc"]
+    # A graceful exit removes the worker's sandbox containers (atexit).
+    pid = ray.get(worker.__ray_call__.remote(lambda self: os.getpid()))
+    ray.wait([worker.__ray_terminate__.remote()], timeout=60)  # it ends by dying
     client = docker.from_env()
     owned = {"label": LABEL_OWNER}
     deadline = time.monotonic() + 30

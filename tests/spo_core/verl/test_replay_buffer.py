@@ -8,7 +8,11 @@ import time
 
 import pytest
 
-from spo_core.verl.replay_buffer import ReplayBufferConfigError, SPOReplayBuffer
+from spo_core.verl.replay_buffer import (
+    ReplayBufferConfigError,
+    ReplayBufferStalled,
+    SPOReplayBuffer,
+)
 from tests.spo_core.verl.queue_rows import (
     TRAIN,
     Episode,
@@ -107,6 +111,34 @@ def test_wait_strategy_blocks_until_a_stale_prompt_finishes() -> None:
         "f1_0_0",
     ]  # admitted, not dropped: it waits for next step
     assert "slow_0_0" in listed()
+
+
+def test_endless_failures_stop_with_a_clear_error() -> None:
+    # Every episode fails (e.g. every prompt is too long): refilling would go on forever.
+    refill = Refills()
+    for i in range(40):
+        put_prompt(f"bad{i}", f"badk{i}", "failure")
+    with pytest.raises(ReplayBufferStalled, match="failed in the agent loop"):
+        buffer(refill).sample(global_steps=1, partition_id=TRAIN, batch_size=2)
+    for i in range(40):
+        put_episode(
+            Episode(f"m{i}", f"mk{i}", 0.0, token_mask(4), masked=True, finished_at=i),
+            reason="no container",
+        )
+    with pytest.raises(ReplayBufferStalled, match=r"masked \(40× no container\)"):
+        buffer(refill).sample(global_steps=1, partition_id=TRAIN, batch_size=2)
+
+
+def test_replacements_below_the_limit_are_forgiven_once_a_batch_forms() -> None:
+    sampler = buffer(Refills())
+    for round_ in range(3):  # 3 × 20 masked, but never more than 32 since a batch
+        for i in range(20):
+            put_episode(
+                Episode(f"m{round_}-{i}", f"mk{round_}-{i}", 0.0, token_mask(4), masked=True)
+            )
+        put_episode(Episode(f"ok{round_}", f"okk{round_}", 1.0, token_mask(4)))
+        batch, _ = sampler.sample(global_steps=1, partition_id=TRAIN, batch_size=1)
+        assert batch.keys == [f"ok{round_}_0_0"]
 
 
 @pytest.mark.parametrize(
