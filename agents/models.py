@@ -33,7 +33,7 @@ from sandbox.image import cache_root
 CACHE_ENV = "SPO_GYM_CACHE"
 MANIFEST_NAME = "spo-gym-manifest.json"
 # Bump when the conversion recipe changes, so existing caches are rebuilt.
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: special tokens as the GGUF file declares them
 _HASH_CHUNK = 1 << 22
 
 ProgressCallback = Callable[[str, int, "int | None"], None]
@@ -96,6 +96,10 @@ class EmbeddedModel:
         gguf = self.locate()
         progress("loading the GGUF tokenizer", 0, None)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # transformers' GGUF loader can name the wrong special tokens (SmolLM2: <|im_start|> as
+        # end-of-sequence); the file's own ids decide, so a message ends at <|im_end|>.
+        for attribute, token_id in gguf_special_tokens(gguf).items():
+            setattr(tokenizer, attribute, tokenizer.convert_ids_to_tokens(token_id))
         progress("dequantizing the GGUF weights", 0, None)
         kwargs: dict[str, Any] = {}
         gguf_config = getattr(transformers, "GgufConfig", None)
@@ -114,6 +118,23 @@ class EmbeddedModel:
             return importlib.metadata.version(self.distribution)
         except importlib.metadata.PackageNotFoundError:
             return None
+
+
+_GGUF_SPECIAL_KEYS = {
+    "bos_token": "tokenizer.ggml.bos_token_id",
+    "eos_token": "tokenizer.ggml.eos_token_id",
+    "unk_token": "tokenizer.ggml.unknown_token_id",
+    "pad_token": "tokenizer.ggml.padding_token_id",
+}
+
+
+def gguf_special_tokens(path: Path) -> dict[str, int]:
+    """The special-token ids a GGUF file declares (``eos_token`` → id, …), as it states them."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    found = {name: fields.get(key) for name, key in _GGUF_SPECIAL_KEYS.items()}
+    return {name: int(f.parts[f.data[0]][0]) for name, f in found.items() if f is not None}
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from agents.models import (
     CACHE_ENV,
     EMBEDDED_MODELS,
+    MANIFEST_FORMAT,
     MANIFEST_NAME,
     EmbeddedModel,
     EmbeddedModelUnavailableError,
@@ -71,7 +72,9 @@ def test_a_partial_conversion_does_not_verify(
     assert verify(partial) == f"no manifest ({MANIFEST_NAME})"
     [status] = list_models()
     assert status.state == "corrupt"
-    (partial / MANIFEST_NAME).write_text(json.dumps({"format": 1, "files": {"x.bin": {}}}))
+    (partial / MANIFEST_NAME).write_text(
+        json.dumps({"format": MANIFEST_FORMAT, "files": {"x.bin": {}}})
+    )
     assert verify(partial) == "missing file x.bin"
 
 
@@ -153,3 +156,18 @@ def test_cli_lists_and_prepares(smollm2_dir: Path) -> None:
     assert prepared.exit_code == 0, prepared.output
     unknown = runner.invoke(app, ["models", "prepare", "nope"])
     assert unknown.exit_code == 1
+
+
+def test_converted_tokenizer_names_the_gguf_special_tokens(smollm2_dir: Path) -> None:
+    """A message ends at <|im_end|>, the end-of-sequence id the GGUF file declares (regression:
+    transformers' GGUF loader named <|im_start|>, so no sampled <|im_end|> closed a message)."""
+    from transformers import AutoTokenizer
+
+    from agents.models import gguf_special_tokens
+
+    declared = gguf_special_tokens(EMBEDDED_MODELS["smollm2-135m"].locate())
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    assert declared["eos_token"] == 2
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == 2
+    assert tokenizer.bos_token_id == declared["bos_token"]
+    assert 2 in tokenizer.all_special_ids
