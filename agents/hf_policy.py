@@ -47,6 +47,7 @@ import concurrent.futures
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,6 +205,10 @@ class PolicyStats:
         prefilled_tokens: prompt tokens run through the model at admission (prefix-cache hits
             excluded).
         reused_tokens: prompt tokens whose keys and values came from the prefix cache.
+        decode_steps: decode steps run (one token for every row of the batch).
+        decode_tokens: tokens those steps sampled.
+        decode_s: wall seconds in those steps (forward pass and sampling): with
+            ``decode_tokens`` the decode rate, prefill excluded.
     """
 
     batches: int = 0
@@ -212,6 +217,9 @@ class PolicyStats:
     largest_batch: int = 0
     prefilled_tokens: int = 0
     reused_tokens: int = 0
+    decode_steps: int = 0
+    decode_tokens: int = 0
+    decode_s: float = 0.0
 
 
 @dataclass
@@ -570,6 +578,7 @@ class HFPolicy:
 
     def _decode(self, running: _Running) -> None:
         """One decode step of the running batch: feed every row's newest token, sample the next."""
+        started = time.perf_counter()
         with self._gate.step():
             self._sync(running)
             kv = running.kv
@@ -588,7 +597,11 @@ class HFPolicy:
                 past_key_values=kv.cache,
                 use_cache=True,
             )
+        live = sum(1 for row in rows if not row.done)
         self._step_rows(rows, out.logits[:, -1, :].float(), kv, running.version)
+        self.stats.decode_steps += 1
+        self.stats.decode_tokens += live
+        self.stats.decode_s += time.perf_counter() - started
         self._drop_finished(running, always=False)
 
     def _step_rows(self, rows: list[_Row], logits: torch.Tensor, kv: KVBatch, version: int) -> None:
