@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from agents.decode_step import decode_step, supports_decode_step
 from agents.kv_batch import KVBatch, check_full_attention, make_cache
 from agents.models import resolve_model
 from agents.policy import SamplingParams, StopReason, TokenOutput
@@ -315,6 +316,7 @@ class HFPolicy:
             else getattr(model.config, "max_position_embeddings", None)
         )
         self._device = next(model.parameters()).device
+        self._lean_decode = supports_decode_step(model)
         self._seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
         self._version = 0
@@ -590,15 +592,18 @@ class HFPolicy:
                 [[len(row.prompt) + len(row.token_ids) - 1] for row in rows], device=device
             )
             kv.attention = torch.cat([kv.attention, kv.attention.new_ones((kv.rows, 1))], dim=-1)
-            out = self.model(
-                input_ids=tokens,
-                attention_mask=kv.attention,
-                position_ids=positions,
-                past_key_values=kv.cache,
-                use_cache=True,
-            )
+            if self._lean_decode:
+                logits = decode_step(self.model, tokens, kv.attention, positions, kv.cache)
+            else:
+                logits = self.model(
+                    input_ids=tokens,
+                    attention_mask=kv.attention,
+                    position_ids=positions,
+                    past_key_values=kv.cache,
+                    use_cache=True,
+                ).logits[:, -1, :]
         live = sum(1 for row in rows if not row.done)
-        self._step_rows(rows, out.logits[:, -1, :].float(), kv, running.version)
+        self._step_rows(rows, logits.float(), kv, running.version)
         self.stats.decode_steps += 1
         self.stats.decode_tokens += live
         self.stats.decode_s += time.perf_counter() - started
