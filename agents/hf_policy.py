@@ -331,16 +331,27 @@ class HFPolicy:
         self._server: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str], **kwargs: Any) -> HFPolicy:
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        dtype: torch.dtype = torch.float32,
+        **kwargs: Any,
+    ) -> HFPolicy:
         """Load an embedded model by name (e.g. ``"smollm2-135m"``) or a local HF folder.
 
-        Keyword arguments go to :class:`HFPolicy`.
+        ``dtype`` is the weights' and activations' dtype. ``torch.bfloat16`` is opt-in: on a
+        CPU with AMX or AVX512-BF16 it decodes ~1.4-1.6x faster at batch 4-8 (half the bytes
+        to read per step); its log-probs are exact for its bf16 logits, and differ from
+        float32's for the same tokens by ~0.03 nats on average and up to ~0.5 for an unlikely
+        sampled token (tested bounds: mean 0.06, max 1.0), which a learner scoring in float32
+        sees as an off-policy ratio. Keyword arguments go to :class:`HFPolicy`.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = resolve_model(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         return cls(model, tokenizer, **kwargs)
 
     @property

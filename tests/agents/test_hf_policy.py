@@ -486,3 +486,23 @@ async def test_requests_join_the_running_batch_between_decode_steps(
     alone = policy.generate_batch([prompts[0]], [SamplingParams(max_tokens=3, temperature=0)])[0]
     assert_same_up_to_a_near_tie(policy, prompts[0], late, alone, NEAR_TIE)
     await policy.aclose()
+
+
+def test_bfloat16_log_probs_stay_within_the_stated_tolerance_of_float32(
+    policy: HFPolicy, smollm2_dir: Path, prompts: list[list[int]]
+) -> None:
+    half = HFPolicy.from_pretrained(smollm2_dir, dtype=torch.bfloat16, seed=0)
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    gaps = []
+    for temperature in (0.0, 1.0):
+        sampling = SamplingParams(max_tokens=16, temperature=temperature, seed=1)
+        for prompt, out in zip(
+            prompts, half.generate_batch(prompts, [sampling] * len(prompts)), strict=True
+        ):
+            logits = logits_after(policy, prompt + list(out.token_ids))[len(prompt) - 1 : -1]
+            exact = torch.log_softmax(logits / (temperature or 1.0), -1)
+            chosen = exact.gather(-1, torch.tensor(out.token_ids)[:, None]).squeeze(-1)
+            gaps.append((chosen - torch.tensor(out.log_probs)).abs())
+    gap = torch.cat(gaps)
+    # The bounds stated by HFPolicy.from_pretrained.
+    assert float(gap.mean()) < 0.06 and float(gap.max()) < 1.0, (gap.mean(), gap.max())
