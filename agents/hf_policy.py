@@ -11,7 +11,12 @@ finishes. Results carry the sampled ids exactly and each sampled token's log-pro
 A finished request's keys and values are kept (:class:`~agents.prefix_cache.PrefixKVCache`,
 bounded, least recently used first) under the tokens they hold, its prompt and all its sampled
 tokens but the last. The episode's next turn repeats those tokens and appends the last one and
-the observation, so it prefills only that suffix instead of the whole conversation.
+the observation, so it prefills only that suffix instead of the whole conversation; a new
+episode borrows the opening it shares with a kept one (system prompt, demonstrations).
+
+Cache layers grow in place (:class:`~agents.kv_batch.GrowingLayer`) and Llama models decode
+through :func:`~agents.decode_step.decode_step`, whose logits equal the model's forward pass bit
+for bit; prefill goes through the model's forward pass.
 
 Log-probs are ``log_softmax(logits / temperature)`` over the full vocabulary, taken *before*
 top-k/top-p filtering — the distribution a learner recomputes when it scores the trajectory
