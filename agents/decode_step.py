@@ -1,4 +1,4 @@
-"""One decode step of a Llama-family model without transformers' per-call machinery.
+"""One decode step of a Llama or Qwen3 model without transformers' per-call machinery.
 
 A decode step feeds one token per row. Through ``model(...)`` it also rebuilds a 4-D mask from
 the 2-D one, threads a dozen keyword arguments through every layer's wrappers and, for grouped
@@ -8,7 +8,7 @@ modules (norms, projections, MLP, rotary table and ``apply_rotary_pos_emb``) in 
 and attends with ``scaled_dot_product_attention`` over the cache with ``enable_gqa`` instead of
 the copies: its logits equal ``model(...)``'s bit for bit (checked in the tests).
 
-Only models whose layers are exactly Llama's qualify (:func:`supports_decode_step`); others
+Only models whose layers are exactly Llama's or Qwen3's qualify (:func:`supports_decode_step`); others
 decode through ``model(...)``.
 """
 
@@ -23,12 +23,13 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from agents.kv_batch import dynamic_layers
 
-_MODEL_TYPES = frozenset({"llama"})
+# Qwen3 is Llama with a norm over each query and key head (``q_norm``, ``k_norm``).
+_MODEL_TYPES = frozenset({"llama", "qwen3"})
 
 
 def supports_decode_step(model: PreTrainedModel) -> bool:
-    """Whether :func:`decode_step` computes what ``model(...)`` does for this model: a Llama
-    attending through SDPA."""
+    """Whether :func:`decode_step` computes what ``model(...)`` does for this model: a Llama or
+    Qwen3 without biases, attending through SDPA."""
     config: Any = model.config
     return (
         config.model_type in _MODEL_TYPES
@@ -60,11 +61,15 @@ def decode_step(
     cos, sin = inner.rotary_emb(hidden, positions)
     mask = attention.bool()[:, None, None, :]
     rows = tokens.shape[0]
+    head_norms = model.config.model_type == "qwen3"
     for layer, cache_layer in zip(inner.layers, dynamic_layers(cache), strict=True):
         attn = layer.self_attn
         x = layer.input_layernorm(hidden)
-        query = attn.q_proj(x).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
-        key = attn.k_proj(x).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
+        query = attn.q_proj(x).view(rows, 1, -1, attn.head_dim)
+        key = attn.k_proj(x).view(rows, 1, -1, attn.head_dim)
+        if head_norms:
+            query, key = attn.q_norm(query), attn.k_norm(key)
+        query, key = query.transpose(1, 2), key.transpose(1, 2)
         value = attn.v_proj(x).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
         keys, values = cache_layer.update(key, value)

@@ -6,15 +6,27 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen3Config, Qwen3ForCausalLM
 
 from agents.decode_step import decode_step, supports_decode_step
 from agents.kv_batch import make_cache
 
 
-@pytest.fixture(scope="module")
-def model(smollm2_dir: Path) -> PreTrainedModel:
-    return AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+@pytest.fixture(scope="module", params=["smollm2", "qwen3"])
+def model(request: pytest.FixtureRequest, smollm2_dir: Path) -> PreTrainedModel:
+    if request.param == "smollm2":
+        return AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    )
+    return Qwen3ForCausalLM(config).eval()
 
 
 @pytest.mark.parametrize("padded", [False, True])
