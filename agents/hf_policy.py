@@ -11,7 +11,12 @@ finishes. Results carry the sampled ids exactly and each sampled token's log-pro
 A finished request's keys and values are kept (:class:`~agents.prefix_cache.PrefixKVCache`,
 bounded, least recently used first) under the tokens they hold, its prompt and all its sampled
 tokens but the last. The episode's next turn repeats those tokens and appends the last one and
-the observation, so it prefills only that suffix instead of the whole conversation.
+the observation, so it prefills only that suffix instead of the whole conversation; a new
+episode borrows the opening it shares with a kept one (system prompt, demonstrations).
+
+Cache layers grow in place (:class:`~agents.kv_batch.GrowingLayer`) and Llama models decode
+through :func:`~agents.decode_step.decode_step`, whose logits equal the model's forward pass bit
+for bit; prefill goes through the model's forward pass.
 
 Log-probs are ``log_softmax(logits / temperature)`` over the full vocabulary, taken *before*
 top-k/top-p filtering — the distribution a learner recomputes when it scores the trajectory
@@ -47,6 +52,7 @@ import concurrent.futures
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from agents.decode_step import decode_step, supports_decode_step
 from agents.kv_batch import KVBatch, check_full_attention, make_cache
 from agents.models import resolve_model
 from agents.policy import SamplingParams, StopReason, TokenOutput
@@ -204,6 +211,10 @@ class PolicyStats:
         prefilled_tokens: prompt tokens run through the model at admission (prefix-cache hits
             excluded).
         reused_tokens: prompt tokens whose keys and values came from the prefix cache.
+        decode_steps: decode steps run (one token for every row of the batch).
+        decode_tokens: tokens those steps sampled.
+        decode_s: wall seconds in those steps (forward pass and sampling): with
+            ``decode_tokens`` the decode rate, prefill excluded.
     """
 
     batches: int = 0
@@ -212,6 +223,9 @@ class PolicyStats:
     largest_batch: int = 0
     prefilled_tokens: int = 0
     reused_tokens: int = 0
+    decode_steps: int = 0
+    decode_tokens: int = 0
+    decode_s: float = 0.0
 
 
 @dataclass
@@ -307,6 +321,7 @@ class HFPolicy:
             else getattr(model.config, "max_position_embeddings", None)
         )
         self._device = next(model.parameters()).device
+        self._lean_decode = supports_decode_step(model)
         self._seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
         self._version = 0
@@ -321,16 +336,27 @@ class HFPolicy:
         self._server: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str], **kwargs: Any) -> HFPolicy:
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        dtype: torch.dtype = torch.float32,
+        **kwargs: Any,
+    ) -> HFPolicy:
         """Load an embedded model by name (e.g. ``"smollm2-135m"``) or a local HF folder.
 
-        Keyword arguments go to :class:`HFPolicy`.
+        ``dtype`` is the weights' and activations' dtype. ``torch.bfloat16`` is opt-in: on a
+        CPU with AMX or AVX512-BF16 it decodes ~1.4-1.6x faster at batch 4-8 (half the bytes
+        to read per step); its log-probs are exact for its bf16 logits, and differ from
+        float32's for the same tokens by ~0.03 nats on average and up to ~0.5 for an unlikely
+        sampled token (tested bounds: mean 0.06, max 1.0), which a learner scoring in float32
+        sees as an off-policy ratio. Keyword arguments go to :class:`HFPolicy`.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = resolve_model(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         return cls(model, tokenizer, **kwargs)
 
     @property
@@ -570,6 +596,7 @@ class HFPolicy:
 
     def _decode(self, running: _Running) -> None:
         """One decode step of the running batch: feed every row's newest token, sample the next."""
+        started = time.perf_counter()
         with self._gate.step():
             self._sync(running)
             kv = running.kv
@@ -581,14 +608,21 @@ class HFPolicy:
                 [[len(row.prompt) + len(row.token_ids) - 1] for row in rows], device=device
             )
             kv.attention = torch.cat([kv.attention, kv.attention.new_ones((kv.rows, 1))], dim=-1)
-            out = self.model(
-                input_ids=tokens,
-                attention_mask=kv.attention,
-                position_ids=positions,
-                past_key_values=kv.cache,
-                use_cache=True,
-            )
-        self._step_rows(rows, out.logits[:, -1, :].float(), kv, running.version)
+            if self._lean_decode:
+                logits = decode_step(self.model, tokens, kv.attention, positions, kv.cache)
+            else:
+                logits = self.model(
+                    input_ids=tokens,
+                    attention_mask=kv.attention,
+                    position_ids=positions,
+                    past_key_values=kv.cache,
+                    use_cache=True,
+                ).logits[:, -1, :]
+        live = sum(1 for row in rows if not row.done)
+        self._step_rows(rows, logits.float(), kv, running.version)
+        self.stats.decode_steps += 1
+        self.stats.decode_tokens += live
+        self.stats.decode_s += time.perf_counter() - started
         self._drop_finished(running, always=False)
 
     def _step_rows(self, rows: list[_Row], logits: torch.Tensor, kv: KVBatch, version: int) -> None:

@@ -36,9 +36,76 @@ def dynamic_layers(cache: DynamicCache) -> list[DynamicLayer]:
     return layers
 
 
+class GrowingLayer(DynamicLayer):
+    """A full-attention cache layer whose keys and values are views of buffers with spare
+    columns: a decode step writes its column in place instead of copying the whole cache
+    (``torch.cat`` of every layer was ~17% of a decode step).
+
+    The views hold exactly the columns written so far, so attention sees the same tensors as
+    with :class:`DynamicLayer`. Keys or values assigned from outside (row selection, merging)
+    are detected as not being views of the buffers and copied into new buffers at the next
+    update.
+    """
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self._key_buffer: torch.Tensor | None = None
+        self._value_buffer: torch.Tensor | None = None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length = self.get_seq_length()
+        end = length + key_states.shape[-2]
+        if not self._owns_views(key_states, end):
+            self._key_buffer = _with_room(self.keys, key_states, length, end)
+            self._value_buffer = _with_room(self.values, value_states, length, end)
+        assert self._key_buffer is not None and self._value_buffer is not None
+        self._key_buffer[:, :, length:end].copy_(key_states)
+        self._value_buffer[:, :, length:end].copy_(value_states)
+        self.keys = self._key_buffer[:, :, :end]
+        self.values = self._value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def _owns_views(self, new: torch.Tensor, end: int) -> bool:
+        """Whether the current keys and values are the leading columns of the buffers, which
+        have room up to column ``end`` for rows shaped like ``new``."""
+        for view, buffer in ((self.keys, self._key_buffer), (self.values, self._value_buffer)):
+            if (
+                buffer is None
+                or view is None
+                or view.dim() != 4
+                or view.data_ptr() != buffer.data_ptr()
+                or view.stride() != buffer.stride()
+                or view.shape[:2] != new.shape[:2]
+                or buffer.shape[2] < end
+            ):
+                return False
+        return True
+
+
+# Spare columns a buffer is grown by: a decode step then copies the cache once every this many
+# steps instead of at every step.
+_GROWTH = 128
+
+
+def _with_room(old: torch.Tensor | None, new: torch.Tensor, length: int, end: int) -> torch.Tensor:
+    """A buffer shaped like ``new`` with ``end`` plus spare columns, holding ``old``'s first
+    ``length`` columns."""
+    rows, heads, _, dim = new.shape
+    buffer = new.new_empty((rows, heads, end + _GROWTH, dim))
+    if length and old is not None:
+        buffer[:, :, :length].copy_(old)
+    return buffer
+
+
 def make_cache(config: Any, layers: Sequence[LayerKV] | None = None) -> DynamicCache:
-    """A transformers cache for ``config``'s model, holding ``layers`` (none: empty)."""
+    """A transformers cache for ``config``'s model, holding ``layers`` (none: empty); its layers
+    grow in place (:class:`GrowingLayer`)."""
     cache = DynamicCache(config=config)
+    cache.layers = [GrowingLayer() for _ in cache.layers]
     if layers is not None:
         for layer, (keys, values) in zip(dynamic_layers(cache), layers, strict=True):
             layer.lazy_initialization(keys, values)

@@ -2,8 +2,10 @@
 
 A multi-turn episode's next request repeats its previous context, the tokens sampled for it and
 the observation after them. Keeping the keys and values of the finished request lets the next
-one prefill only the new suffix. Entries are tagged with the weights version that computed them
-and never match under another version.
+one prefill only the new suffix. Episodes of one environment also share their first tokens
+(system prompt, demonstrations): a request takes the longest common prefix of any entry, so a new
+episode prefills only what follows the shared part. Entries are tagged with the weights version
+that computed them and never match under another version.
 """
 
 from __future__ import annotations
@@ -111,32 +113,54 @@ class PrefixKVCache:
                 self.stats.evictions += 1
 
     def take(self, prompt: Sequence[int], version: int) -> PrefixHit | None:
-        """Remove and return the longest entry of ``version`` that is a proper prefix of ``prompt``.
+        """The longest cached prefix of ``prompt`` (leaving at least one prompt token to feed,
+        whose logits start the completion) among the entries of ``version``.
 
-        A proper prefix leaves at least one prompt token to feed, whose logits start the
-        completion. The entry is removed: the request that takes it will store a longer one.
+        An entry that is wholly a prefix of ``prompt`` is removed: the request that takes it will
+        store a longer one (an episode's next turn). An entry that shares only its first tokens
+        with ``prompt`` (another episode with the same system prompt and demonstrations) stays
+        for others, and the hit holds views of those first tokens.
         """
+        wanted = tuple(prompt[: len(prompt) - 1])
         with self._lock:
             self.stats.lookups += 1
             best: tuple[int, ...] | None = None
+            best_length = 0
             for key, entry in self._entries.items():
-                if (
-                    entry.version == version
-                    and len(key) < len(prompt)
-                    and (best is None or len(key) > len(best))
-                    and tuple(prompt[: len(key)]) == key
-                ):
-                    best = key
+                if entry.version == version:
+                    length = _common_prefix(key, wanted)
+                    if length > best_length:
+                        best, best_length = key, length
             if best is None:
                 return None
-            entry = self._entries.pop(best)
-            self._bytes -= entry.nbytes
             self.stats.hits += 1
-            self.stats.reused_tokens += len(best)
-            return PrefixHit(len(best), entry.layers)
+            self.stats.reused_tokens += best_length
+            if best_length == len(best):
+                entry = self._entries.pop(best)
+                self._bytes -= entry.nbytes
+                return PrefixHit(best_length, entry.layers)
+            self._entries.move_to_end(best)
+            layers = [
+                (keys[:, :, :best_length], values[:, :, :best_length])
+                for keys, values in self._entries[best].layers
+            ]
+            return PrefixHit(best_length, layers)
 
     def clear(self) -> None:
         """Drop every entry (e.g. after the weights changed)."""
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """How many leading tokens ``a`` and ``b`` share (a binary search over C-speed slice
+    comparisons: a lookup scans every entry)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low

