@@ -38,13 +38,10 @@ for arg in "$@"; do
   esac
 done
 
-# 1. A GPU: the NVIDIA driver lists one folder per GPU (nvidia-smi where it does not).
-gpus=0
-if [ -d /proc/driver/nvidia/gpus ]; then
-  gpus="$(find /proc/driver/nvidia/gpus -mindepth 1 -maxdepth 1 | wc -l)"
-elif command -v nvidia-smi >/dev/null 2>&1; then
-  gpus="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)"
-fi
+# 1. A GPU.
+# shellcheck source=scripts/nvidia_gpus.sh
+. "$ROOT/scripts/nvidia_gpus.sh"
+gpus="$(nvidia_gpus)"
 if [ "$gpus" -gt 0 ]; then
   say "$gpus NVIDIA GPU(s) visible"
 elif [ "$DRY_RUN" = 1 ] || [ "${SPO_GYM_GPU_ENV_FORCE:-0}" = 1 ]; then

@@ -52,12 +52,9 @@ if [ ! -x "$SPO_GYM" ]; then
 fi
 
 # 1. One GPU at least.
-gpus=0
-if [ -d /proc/driver/nvidia/gpus ]; then
-  gpus="$(find /proc/driver/nvidia/gpus -mindepth 1 -maxdepth 1 | wc -l)"
-elif command -v nvidia-smi >/dev/null 2>&1; then
-  gpus="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)"
-fi
+# shellcheck source=scripts/nvidia_gpus.sh
+. "$ROOT/scripts/nvidia_gpus.sh"
+gpus="$(nvidia_gpus)"
 if [ "$gpus" -eq 0 ]; then
   [ "$DRY_RUN" = 1 ] || die "no NVIDIA GPU is visible: this smoke test runs verl on one GPU"
   say "no NVIDIA GPU visible (dry run: printing the plan only)"

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spo_core.verl.fields import AGENT_NAME
+from envs.tasks import Tier
+from spo_core.verl.data import verl_rows
 
 
 @pytest.fixture(scope="session")
@@ -51,28 +52,10 @@ def clean_queue(transfer_queue: None) -> Iterator[None]:
 
 
 def write_training_set(path: Path, n: int) -> list[str]:
-    """``n`` arithmetic prompts in the schema ``spo-gym data prepare`` writes; their keys."""
-    keys = [f"train/{i:03d}" for i in range(n)]
-    rows = [
-        {
-            "data_source": "unit",
-            "prompt": [{"role": "user", "content": f"What is {i} + {i}?"}],
-            "ability": "math",
-            "reward_model": {"style": "rule", "ground_truth": str(2 * i)},
-            "agent_name": AGENT_NAME,
-            "prompt_key": key,
-            "extra_info": {
-                "index": i,
-                "question": f"What is {i} + {i}?",
-                "answer": str(2 * i),
-                "env": "retool",
-                "split": "train",
-            },
-        }
-        for i, key in enumerate(keys)
-    ]
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return keys
+    """``n`` arithmetic prompts as ``spo-gym data prepare`` writes them; their keys."""
+    tasks = Tier.parse("d2o1").tasks(n, seed=0)
+    pq.write_table(pa.Table.from_pylist(verl_rows(tasks, split="train", env="retool")), path)
+    return [t.key for t in tasks]
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +74,11 @@ def spo_config(tmp_path: Path, nano_folder: Path) -> Callable[..., object]:
     """The shipped ``configs/verl/spo_smoke.yaml``, pointed at a small training set."""
     from spo_core.verl.launch import compose_config
 
-    def make(n_prompts: int = 12, extra: tuple[str, ...] = (), offline: dict | None = None):
+    def make(
+        n_prompts: int = 12,
+        extra: tuple[str, ...] = (),
+        offline: Callable[[list[str]], dict[str, list[float]]] | None = None,
+    ):
         train = tmp_path / "train.parquet"
         keys = write_training_set(train, n_prompts)
         overrides = [
@@ -105,7 +92,9 @@ def spo_config(tmp_path: Path, nano_folder: Path) -> Callable[..., object]:
         if offline is not None:
             path = tmp_path / "offline_values.jsonl"
             path.write_text(
-                "".join(json.dumps({"key": k, "scores": s}) + "\n" for k, s in offline.items())
+                "".join(
+                    json.dumps({"key": k, "scores": s}) + "\n" for k, s in offline(keys).items()
+                )
             )
             overrides += ["spo_gym.cold_start=false", f"spo_gym.offline_values={path}"]
         return compose_config("spo_smoke", [*overrides, *extra]), keys

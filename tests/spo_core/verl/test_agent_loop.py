@@ -55,6 +55,7 @@ from agents.policy import SamplingParams, TokenOutput
 from envs.tasks import Task, Tier
 from sandbox.reaper import LABEL_OWNER, LABEL_POOL
 from spo_core.verl.agent_loop import SPOGymAgentLoop
+from spo_core.verl.data import verl_rows
 from spo_core.verl.fields import AGENT_NAME, SPOExtraFields
 from spo_core.verl.gym_config import GymConfigError, SPOGymConfig, resolve_env_id
 from spo_core.verl.local_server import LocalLLMServerClient
@@ -172,22 +173,10 @@ def tasks(n: int) -> list[Task]:
 
 
 def dataset_row(task: Task, index: int, env: str = "retoolnano") -> dict[str, Any]:
-    """A row as ``spo-gym data prepare`` writes it."""
-    return {
-        "data_source": "arithmetic",
-        "prompt": [{"role": "user", "content": task.problem}],
-        "ability": "math",
-        "reward_model": {"style": "rule", "ground_truth": task.answer},
-        "agent_name": AGENT_NAME,
-        "prompt_key": task.key,
-        "extra_info": {
-            "index": index,
-            "question": task.problem,
-            "answer": task.answer,
-            "env": env,
-            "split": "train",
-        },
-    }
+    """A row as ``spo-gym data prepare`` writes it, at position ``index``."""
+    (row,) = verl_rows([task], split="train", env=env)
+    row["extra_info"]["index"] = index
+    return row
 
 
 def dataset_items(

@@ -24,7 +24,7 @@ from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ
 from envs.tasks import Tier
 from spo_core.advantages import spo_advantages
 from spo_core.config import AdvantageConfig
-from spo_core.verl.fields import AGENT_NAME
+from spo_core.verl.data import verl_rows
 from spo_core.verl.launch import compose_config
 from spo_core.verl.local_server import LocalLLMServerClient
 from spo_core.verl.trainer import SPOTrainer
@@ -37,25 +37,7 @@ N_PROMPTS, DISPATCHED, B = 10, 6, 4
 
 def training_set(path: Path) -> list[str]:
     tasks = Tier.parse("d2o1").tasks(N_PROMPTS, seed=5)
-    rows = [
-        {
-            "data_source": "arithmetic",
-            "prompt": [{"role": "user", "content": t.problem}],
-            "ability": "math",
-            "reward_model": {"style": "rule", "ground_truth": t.answer},
-            "agent_name": AGENT_NAME,
-            "prompt_key": t.key,
-            "extra_info": {
-                "index": i,
-                "question": t.problem,
-                "answer": t.answer,
-                "env": "retoolnano",
-                "split": "train",
-            },
-        }
-        for i, t in enumerate(tasks)
-    ]
-    pq.write_table(pa.Table.from_pylist(rows), path)
+    pq.write_table(pa.Table.from_pylist(verl_rows(tasks, split="train", env="retoolnano")), path)
     return [t.key for t in tasks]
 
 

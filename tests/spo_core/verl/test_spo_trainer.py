@@ -52,7 +52,9 @@ def train_on(trainer: SPOTrainer, episodes: list[Episode]) -> tuple[KVBatchMeta,
 def test_advantage_hook_equals_spo_core_and_updates_only_trained_prompts(
     spo_config: Any, norm: str
 ) -> None:
-    offline = {f"train/{i:03d}": [1.0, 0.0, float(i % 3 == 0)] for i in range(12)}
+    def offline(keys: list[str]) -> dict[str, list[float]]:
+        return {k: [1.0, 0.0, float(i % 3 == 0)] for i, k in enumerate(keys)}
+
     config, keys = spo_config(extra=(f"spo_gym.advantage_norm={norm}",), offline=offline)
     trainer = build(config)
     state = trainer.prompts
@@ -179,6 +181,6 @@ def test_bad_spo_settings_are_one_line_errors(spo_config: Any, override: str, ma
 def test_offline_values_that_miss_the_training_set_are_refused(spo_config: Any) -> None:
     from spo_core.offline import OfflineMatchError
 
-    config, _ = spo_config(offline={"elsewhere/1": [1.0]})
+    config, _ = spo_config(offline=lambda _: {"elsewhere/1": [1.0]})
     with pytest.raises(OfflineMatchError, match="matches 0/12"):
         build(config)
