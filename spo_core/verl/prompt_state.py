@@ -7,6 +7,7 @@ are dataset positions: the training set's ``prompt_key`` column is registered in
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +44,10 @@ class PromptState:
     """Tracker and sampler over one training set (SPO_SPEC §3, §5, §6)."""
 
     def __init__(self, keys: Sequence[str], settings: SPOSettings) -> None:
-        duplicates = len(keys) - len(set(keys))
-        if duplicates:
-            seen: set[str] = set()
-            first = next(k for k in keys if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        repeated = [key for key, n in Counter(keys).items() if n > 1]
+        if repeated:
             raise PromptStateError(
-                f"the training set repeats {duplicates} prompt key(s), e.g. {first!r}: "
+                f"the training set repeats {len(repeated)} prompt key(s), e.g. {repeated[0]!r}: "
                 "each prompt needs its own key for the tracker"
             )
         self.settings = settings

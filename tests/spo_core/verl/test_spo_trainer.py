@@ -184,3 +184,11 @@ def test_offline_values_that_miss_the_training_set_are_refused(spo_config: Any) 
     config, _ = spo_config(offline=lambda _: {"elsewhere/1": [1.0]})
     with pytest.raises(OfflineMatchError, match="matches 0/12"):
         build(config)
+
+
+def test_a_training_set_with_repeated_keys_is_refused() -> None:
+    from spo_core.verl.prompt_state import PromptState
+    from spo_core.verl.settings import SPOSettings
+
+    with pytest.raises(PromptStateError, match=r"repeats 1 prompt key\(s\), e.g. 'b'"):
+        PromptState(["a", "b", "c", "b"], SPOSettings(cold_start=True))
