@@ -2,11 +2,13 @@
 
 Many episodes call :meth:`HFPolicy.generate` concurrently on one event loop. Their requests are
 queued for an engine that runs in a worker thread (the event loop stays free for sandbox calls
-meanwhile). Between decode steps the engine admits every queued request that fits the batch
-limits: it prefills them together and merges them into the running batch, whose rows are
-left-padded in one KV cache and decoded step by step. Each row keeps its own stop strings,
-``max_tokens``, temperature/top-p/top-k and random generator, and leaves the batch as soon as it
-finishes. Results carry the sampled ids exactly and each sampled token's log-prob.
+meanwhile); the thread ends whenever no request is queued or running, and torch's thread team
+with it (see :mod:`agents.passing_thread`). Between decode steps the engine admits every queued
+request that fits the batch limits: it prefills them together and merges them into the running
+batch, whose rows are left-padded in one KV cache and decoded step by step. Each row keeps its
+own stop strings, ``max_tokens``, temperature/top-p/top-k and random generator, and leaves the
+batch as soon as it finishes. Results carry the sampled ids exactly and each sampled token's
+log-prob.
 
 A finished request's keys and values are kept (:class:`~agents.prefix_cache.PrefixKVCache`,
 bounded, least recently used first) under the tokens they hold, its prompt and all its sampled
@@ -48,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import os
 import threading
@@ -63,8 +64,9 @@ import torch
 from agents.decode_step import decode_step, supports_decode_step
 from agents.kv_batch import KVBatch, check_full_attention, make_cache
 from agents.models import resolve_model
+from agents.passing_thread import in_passing_thread, start_passing_thread
 from agents.policy import SamplingParams, StopReason, TokenOutput
-from agents.prefix_cache import PrefixHit, PrefixKVCache
+from agents.prefix_cache import PrefixHit, PrefixKVCache, common_prefix
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -96,6 +98,11 @@ def default_num_threads() -> int:
     if env.isdigit() and int(env) > 0:
         return int(env)
     return max(1, available_cpus() - 1)
+
+
+# Requests admitted together that share at least this many leading tokens beyond their cached
+# prefixes prefill those tokens once: shorter openings are not worth a forward pass of their own.
+_MIN_SHARED_OPENING = 32
 
 
 def _never() -> bool:
@@ -326,8 +333,8 @@ class HFPolicy:
         self._generators: dict[torch.device, torch.Generator] = {}
         self._version = 0
         self._gate = _DecodeGate()
-        # One worker thread: the engine runs there, one forward pass at a time.
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hf-policy")
+        # The engine's thread while it runs: one at a time, one forward pass at a time.
+        self._engine_thread: threading.Thread | None = None
         self.stats = PolicyStats()
         # Requests waiting for admission; appended on the event loop, taken by the worker.
         self._inbox: collections.deque[_Row] = collections.deque()
@@ -400,7 +407,7 @@ class HFPolicy:
         was_paused = self._gate.closed
         await self.pause()
         try:
-            await asyncio.to_thread(self._load, state, version)
+            await in_passing_thread(self._load, state, version, name="hf-policy-load")
         finally:
             if not was_paused:
                 self.resume()
@@ -439,7 +446,6 @@ class HFPolicy:
         return await future
 
     async def _serve(self, wakeup: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await wakeup.wait()
             # One loop iteration lets every episode that is ready right now enqueue too.
@@ -447,7 +453,9 @@ class HFPolicy:
             # Cleared before the engine starts: a request queued after the engine's last look at
             # the inbox sets it again, so none is left waiting.
             wakeup.clear()
-            await loop.run_in_executor(self._executor, self._serve_inbox)
+            thread, done = start_passing_thread(self._serve_inbox, name="hf-policy")
+            self._engine_thread = thread
+            await done
 
     def _serve_inbox(self) -> None:
         """Run the engine on queued requests until none is running or queued (worker thread).
@@ -501,7 +509,8 @@ class HFPolicy:
             await asyncio.wait([self._server])
             self._server = None
         # A batch still running in the worker finishes first; the event loop stays free meanwhile.
-        await asyncio.to_thread(self._executor.shutdown, True)
+        if self._engine_thread is not None:
+            await asyncio.to_thread(self._engine_thread.join)
 
     def _check_request(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> None:
         if not prompt_ids:
@@ -575,11 +584,14 @@ class HFPolicy:
         with self._gate.step():
             self._sync(running)
             version = running.version
+            prompts = [row.prompt for row in rows]
             hits = [
-                self.prefix_cache.take(row.prompt, version) if self.prefix_cache.enabled else None
-                for row in rows
+                self.prefix_cache.take(prompt, version) if self.prefix_cache.enabled else None
+                for prompt in prompts
             ]
-            logits, kv = self._prefill([row.prompt for row in rows], hits)
+            if self.prefix_cache.enabled:
+                self._share_openings(prompts, hits, version)
+            logits, kv = self._prefill(prompts, hits)
         self._step_rows(rows, logits, kv, version)
         live = [j for j, row in enumerate(rows) if not row.done]
         if not live:
@@ -654,6 +666,35 @@ class HFPolicy:
             running.kv = None
         elif running.kv is not None:
             running.kv.select(keep)
+
+    def _share_openings(
+        self, prompts: list[list[int]], hits: list[PrefixHit | None], version: int
+    ) -> None:
+        """Prefill once the opening that requests admitted together share beyond their cached
+        prefixes (episodes of one environment starting together: system prompt and
+        demonstrations), and lend it to each of them through ``hits`` (in place) and to later
+        requests through the prefix cache."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for j, prompt in enumerate(prompts):
+            if len(prompt) > _MIN_SHARED_OPENING:
+                groups.setdefault(tuple(prompt[:_MIN_SHARED_OPENING]), []).append(j)
+        for members in groups.values():
+            # The last prompt token is always fed: its logits start the completion.
+            fed = [tuple(prompts[j][:-1]) for j in members]
+            opening = min(common_prefix(fed[0], other) for other in fed[1:]) if fed[1:] else 0
+            cached = {j: hit.length if (hit := hits[j]) is not None else 0 for j in members}
+            borrowers = [j for j in members if cached[j] + _MIN_SHARED_OPENING <= opening]
+            if len(borrowers) < 2:
+                continue
+            # The opening itself starts from the longest cached prefix among its borrowers.
+            start = max(borrowers, key=lambda j: cached[j])
+            tokens = prompts[start][:opening]
+            base = hits[start]
+            _, kv = self._prefill([tokens], [base] if base is not None else None)
+            layers = kv.row_layers(0)
+            self.prefix_cache.put(tokens, layers, version)
+            for j in borrowers:
+                hits[j] = PrefixHit(opening, layers)
 
     def _sync(self, running: _Running) -> None:
         """Bring the running batch to the current weights (inside a gate step): under new

@@ -128,7 +128,7 @@ class PrefixKVCache:
             best_length = 0
             for key, entry in self._entries.items():
                 if entry.version == version:
-                    length = _common_prefix(key, wanted)
+                    length = common_prefix(key, wanted)
                     if length > best_length:
                         best, best_length = key, length
             if best is None:
@@ -153,7 +153,7 @@ class PrefixKVCache:
             self._bytes = 0
 
 
-def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+def common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     """How many leading tokens ``a`` and ``b`` share (a binary search over C-speed slice
     comparisons: a lookup scans every entry)."""
     low, high = 0, min(len(a), len(b))

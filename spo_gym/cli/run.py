@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import statistics
 import warnings
@@ -189,6 +190,7 @@ async def _run(tasks: list[Any], **s: Any) -> None:
     from agents.hf_policy import HFPolicy
     from agents.models import ModelNotFoundError, resolve_model
     from agents.openai_policy import OpenAIPolicy, OpenAIPolicyError
+    from agents.passing_thread import in_passing_thread
     from agents.policy import Policy, SamplingParams
     from envs import extract_boxed, make
     from envs.formats import parse_action
@@ -207,7 +209,9 @@ async def _run(tasks: list[Any], **s: Any) -> None:
                     OpenAIPolicy, s["base_url"], s["served_model"], require_tempered=False
                 )
             else:
-                hf = await asyncio.to_thread(HFPolicy.from_pretrained, s["model"], seed=s["seed"])
+                hf = await in_passing_thread(
+                    functools.partial(HFPolicy.from_pretrained, seed=s["seed"]), s["model"]
+                )
                 policy, tokenizer = hf, hf.tokenizer
         except ModelNotFoundError as exc:
             console.print(f"[red]error:[/red] {exc}")

@@ -394,20 +394,19 @@ async def test_cached_turns_match_a_full_reprefill(
             assert_same_up_to_a_near_tie(policy, context, out, reference, tolerance)
 
 
+def chat(tokenizer: PreTrainedTokenizerBase, content: str) -> list[int]:
+    return list(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, return_dict=False
+        )
+    )
+
+
 async def test_a_new_conversation_reuses_the_opening_it_shares_with_another(
     policy: HFPolicy, uncached: HFPolicy, smollm2_tokenizer: PreTrainedTokenizerBase
 ) -> None:
     rules = "Answer in one short line and show no working. " * 6
-    first, second = (
-        list(
-            smollm2_tokenizer.apply_chat_template(
-                [{"role": "user", "content": rules + question}],
-                add_generation_prompt=True,
-                return_dict=False,
-            )
-        )
-        for question in ("What is 2+2?", "Name a colour.")
-    )
+    first, second = (chat(smollm2_tokenizer, rules + q) for q in ("What is 2+2?", "Name a colour."))
     common = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
     greedy = SamplingParams(max_tokens=8, temperature=0)
     await policy.generate(first, greedy)
@@ -420,6 +419,44 @@ async def test_a_new_conversation_reuses_the_opening_it_shares_with_another(
     # another fp32 summation order): as far from the re-prefill as the re-prefill is from an
     # unpadded forward pass (up to 1.5e-5, see above), so twice LOG_PROB_TOL.
     assert_same_up_to_a_near_tie(policy, second, out, reference, 2 * LOG_PROB_TOL)
+
+
+def test_requests_admitted_together_prefill_their_shared_opening_once(
+    policy: HFPolicy, uncached: HFPolicy, smollm2_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    rules = "Answer in one short line and show no working. " * 6
+    questions = ("What is 2+2?", "Name a colour.", "Say hi.")
+    prompts = [chat(smollm2_tokenizer, rules + question) for question in questions]
+    common = min(
+        next(i for i, (a, b) in enumerate(zip(prompts[0], other, strict=False)) if a != b)
+        for other in prompts[1:]
+    )
+    cold = HFPolicy(policy.model, policy.tokenizer)
+    greedy = SamplingParams(max_tokens=8, temperature=0)
+    outs = cold.generate_batch(prompts, [greedy] * len(prompts))
+    # The opening once, then each prompt's own suffix.
+    assert cold.stats.prefilled_tokens == common + sum(len(p) - common for p in prompts)
+    assert cold.stats.reused_tokens == len(prompts) * common > 3 * 60
+    references = uncached.generate_batch(prompts, [greedy] * len(prompts))
+    for prompt, out, reference in zip(prompts, outs, references, strict=True):
+        # Borrowed keys and values, as in the test above.
+        assert_same_up_to_a_near_tie(cold, prompt, out, reference, 2 * LOG_PROB_TOL)
+    # The opening stays cached for a request that comes later.
+    later = chat(smollm2_tokenizer, rules + "Name a fruit.")
+    reused = cold.stats.reused_tokens
+    cold.generate_batch([later], [greedy])
+    assert cold.stats.reused_tokens - reused >= common
+
+
+def test_requests_sharing_only_a_short_opening_prefill_it_each(
+    policy: HFPolicy, smollm2_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    # They share only the chat template's opening (24 tokens): not worth a forward pass of its own.
+    prompts = [chat(smollm2_tokenizer, q) for q in ("What is 2+2?", "Name a colour.")]
+    cold = HFPolicy(policy.model, policy.tokenizer)
+    cold.generate_batch(prompts, [SamplingParams(max_tokens=2, temperature=0)] * 2)
+    assert cold.stats.prefilled_tokens == sum(len(p) for p in prompts)
+    assert cold.stats.reused_tokens == 0
 
 
 def perturbed_state(policy: HFPolicy) -> dict[str, torch.Tensor]:

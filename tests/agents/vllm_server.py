@@ -64,6 +64,12 @@ class VLLMServer:
     model: str
     model_dir: Path
 
+    def reset_prefix_cache(self) -> None:
+        """Empty the server's prefix cache (needs a server started with ``dev_mode``)."""
+        request = urllib.request.Request(self.url + "/reset_prefix_cache", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+
 
 def venv_dir() -> Path:
     return cache_dir() / f"vllm-venv-{VLLM_VERSION}"
@@ -212,6 +218,7 @@ def serve(
     threads: int | None = None,
     prefix_caching: bool | None = None,
     dtype: str = "float32",
+    dev_mode: bool = False,
 ) -> Iterator[VLLMServer]:
     """Run vLLM's OpenAI-compatible server on a free loopback port until the block exits.
 
@@ -222,6 +229,7 @@ def serve(
         prefix_caching: reuse the KV cache of earlier requests' shared prefixes (default
             vLLM's).
         dtype: the weights' and activations' dtype (vLLM's ``--dtype``).
+        dev_mode: serve vLLM's development routes too (``/reset_prefix_cache``).
     """
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -261,6 +269,8 @@ def serve(
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
     }
+    if dev_mode:
+        env["VLLM_SERVER_DEV_MODE"] = "1"
     if threads is not None:
         env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{threads - 1}"
         env["OMP_NUM_THREADS"] = str(threads)
