@@ -61,12 +61,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from agents.common_prefix import common_prefix
 from agents.decode_step import decode_step, supports_decode_step
 from agents.kv_batch import KVBatch, check_full_attention, make_cache
 from agents.models import resolve_model
 from agents.passing_thread import in_passing_thread, start_passing_thread
 from agents.policy import SamplingParams, StopReason, TokenOutput
-from agents.prefix_cache import PrefixHit, PrefixKVCache, common_prefix
+from agents.prefix_cache import PrefixHit, PrefixKVCache
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -674,6 +675,8 @@ class HFPolicy:
         prefixes (episodes of one environment starting together: system prompt and
         demonstrations), and lend it to each of them through ``hits`` (in place) and to later
         requests through the prefix cache."""
+        if len(prompts) < 2:
+            return
         groups: dict[tuple[int, ...], list[int]] = {}
         for j, prompt in enumerate(prompts):
             if len(prompt) > _MIN_SHARED_OPENING:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from agents.common_prefix import common_prefix
+
 LayerKV = tuple[torch.Tensor, torch.Tensor]
 """One layer's keys and values, each ``[1, kv_heads, tokens, head_dim]``."""
 
@@ -151,16 +153,3 @@ class PrefixKVCache:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
-
-
-def common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    """How many leading tokens ``a`` and ``b`` share (a binary search over C-speed slice
-    comparisons: a lookup scans every entry)."""
-    low, high = 0, min(len(a), len(b))
-    while low < high:
-        middle = (low + high + 1) // 2
-        if a[:middle] == b[:middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low

@@ -45,6 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from agents.common_prefix import common_prefix
 from agents.policy import SamplingParams, StopReason, TokenOutput
 from envs.generation import ObservationPlacement
 
@@ -551,7 +552,7 @@ class Transcript:
         if not rendered.startswith(self._checked_text):
             # The template re-rendered text it had already produced (e.g. stripped thinking).
             cause, q = self._rewrite_cause(
-                self._checked_text, rendered, _common_prefix(rendered, self._checked_text)
+                self._checked_text, rendered, common_prefix(rendered, self._checked_text)
             )
             self._record(
                 cause, self._token_at_char(context, q), self._checked_text[q:], rendered[q:]
@@ -561,7 +562,7 @@ class Transcript:
         else:
             expected = rendered[len(self._checked_text) :]
             if ours != expected:
-                q = _common_prefix(ours, expected)
+                q = common_prefix(ours, expected)
                 if "\ufffd" in ours[q : q + 1]:
                     cause = DriftCause.INVALID_UTF8
                 else:
@@ -582,7 +583,7 @@ class Transcript:
         """Same text: do the canonical ids of the new rendering extend the previous ones by
         exactly the appended ids? The new text may re-spell the previous tail (a merge across
         the boundary), so the comparison starts where the canonical ids first change."""
-        keep = _common_prefix(canon, self._checked_canon)
+        keep = common_prefix(canon, self._checked_canon)
         start = self._checked_len
         if keep < len(self._checked_canon):
             kept_chars = len(self._decode(canon[:keep]))
@@ -597,8 +598,8 @@ class Transcript:
         """Record where ``ours`` (context ids from ``start``) departs from ``canon``."""
         if ours == canon:
             return
-        p = _common_prefix(ours, canon)
-        s = _common_prefix(ours[p:][::-1], canon[p:][::-1])
+        p = common_prefix(ours, canon)
+        s = common_prefix(ours[p:][::-1], canon[p:][::-1])
         region = (start + p, start + len(ours) - s)
         text = self._decode(ours[p : len(ours) - s])
         if "\ufffd" in text:
@@ -705,14 +706,6 @@ def _segment_encoder(backend: Any) -> Callable[[str], list[int]]:
 
     _ENCODERS[id(backend)] = (backend, segmented)
     return segmented
-
-
-def _common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def _first_stop(text: str, sampling: SamplingParams | None) -> tuple[int, str] | None:

@@ -8,10 +8,10 @@
 
 The rollout policy (``policy``, e.g. an :class:`agents.hf_policy.HFPolicy`) and the learner's
 ``model`` are separate copies: episodes keep sampling from the policy while the learner trains
-its own model off the event loop (in a thread that ends with each piece of work:
-:mod:`agents.passing_thread`), and the weights reach the policy only
-through the engine's protocol (pause, ``update_weights``, resume). GRPO and the SPO ablations are
-settings of :class:`~spo_core.learner.args.LearnerArgs`, not other loops.
+its own model off the event loop (in a thread that ends with each piece of work,
+:mod:`agents.passing_thread`), and the weights reach the policy only through the engine's
+protocol (pause, ``update_weights``, resume). GRPO and the SPO ablations are settings of
+:class:`~spo_core.learner.args.LearnerArgs`, not other loops.
 
 Each batch is put in a canonical order (prompt key, sample index) before it is split into
 mini-batches: the order episodes finish in is a race, and the update should not depend on it.
